@@ -1,0 +1,44 @@
+# detbench: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# tf-cpu keeps the install small; use TF_EXTRA=tf for a CUDA machine outside the container.
+TF_EXTRA ?= tf-cpu
+ARGS ?=
+MLFLOW_URI ?= sqlite:///mlflow.db
+MLFLOW_PORT ?= 5000
+
+.DEFAULT_GOAL := help
+.PHONY: help install bench test lint typecheck mlflow-ui train-demo clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev]"
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv and install the project with TensorFlow and dev tools
+
+bench: install ## Run one benchmark job (python -m runner $(ARGS)); e.g. make bench ARGS="benchmark.warmup=10"
+	$(PY) -m runner $(ARGS)
+
+test: install ## Run the test suite
+	$(PY) -m pytest $(ARGS)
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check runner tests
+	$(VENV)/bin/mypy
+
+mlflow-ui: install ## Open the MLflow UI on the local store (http://127.0.0.1:$(MLFLOW_PORT))
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+train-demo: install ## Retrain the shipped demo detector (about 20 minutes on 2 cores)
+	$(PY) -m runner.demo.train --out runner/demo/assets/demo_centernet
+
+clean: ## Remove outputs and the local MLflow store (keeps .venv)
+	rm -rf outputs multirun mlflow.db mlartifacts mlruns

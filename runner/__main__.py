@@ -1,0 +1,42 @@
+"""``python -m runner``: one benchmark job (or a sweep with ``-m``), configured by Hydra."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from runner import config  # noqa: E402
+
+config.register()
+log = logging.getLogger("runner")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> str:
+    from pathlib import Path
+
+    from runner import job, report
+
+    hydra_cfg = HydraConfig.get()
+    try:
+        result = job.run(cfg, dict(hydra_cfg.runtime.choices), Path(hydra_cfg.runtime.output_dir))
+    except config.ConfigError as exc:
+        print(f"detbench: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    report.print_result(result)
+    if result.status != "FINISHED" and hydra_cfg.mode == RunMode.RUN:
+        sys.exit(1)
+    return result.status
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,15 @@
+"""Backends: the system under test. Each loads a model and exposes ``predict``: one prepared
+input tensor -> the model's outputs materialized as numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Backend(Protocol):
+    def predict(self, image: Any) -> Mapping[str, np.ndarray]: ...
+
+    def describe(self) -> dict[str, str]: ...

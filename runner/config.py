@@ -1,0 +1,163 @@
+"""Typed configuration: one dataclass per config group, registered with Hydra's ConfigStore as the
+schema of the primary config (outside the swept groups, so ``glob(*)`` sees only real options),
+and the semantic checks that run before anything expensive happens."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from runner.stats import PERCENTILE_METHODS
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the value and what is valid."""
+
+
+@dataclass
+class ModelConfig:
+    """A detection SavedModel and how to call it."""
+
+    name: str = MISSING  # config key, e.g. "demo"
+    display_name: str = MISSING  # the public table's "Model" column
+    source: str = "embedded"  # embedded (shipped in the package) | path (a SavedModel directory)
+    path: str | None = None  # SavedModel directory for source=path
+    resolutions: list[str] = field(default_factory=list)  # resolutions the model was published at
+    signature: str = "serving_default"
+    input_name: str = "input_tensor"
+    input_dtype: str = "uint8"
+    outputs: str = "zoo"  # output adapter in runner.signatures
+
+
+@dataclass
+class ResolutionConfig:
+    """The nominal input size; ``default`` means the model's own (its first published one)."""
+
+    name: str = "default"
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = "fp32"
+    display_name: str = "Native FP32"  # the public table's "TF-TRT" column
+    backend: str = "native"
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+    display_name: str = MISSING
+    kind: str = "synthetic"  # synthetic (generated from seed) | coco (files on disk)
+    split: str = "val"
+    seed: int = 0
+    images_dir: str | None = None  # kind=coco: folder of images
+    annotations: str | None = None  # kind=coco: instances_<split>.json
+    num_images: int | None = None  # None: all; else the first N by sorted image id
+
+
+@dataclass
+class BenchmarkConfig:
+    warmup: int = 50  # untimed calls before timing, as in the public table
+    chunk_size: int = 256  # images decoded at a time (bounds memory; decoding is never timed)
+    percentile_method: str = "linear"
+    sample_interval_s: float = 0.05
+    telemetry: bool = True
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
+    experiment: str = "detbench"
+    run_name: str | None = None  # None: <model>@<resolution>/<precision>
+    log_samples_as_metrics: bool = True
+
+
+@dataclass
+class JobConfig:
+    model: ModelConfig = MISSING
+    resolution: ResolutionConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    benchmark: BenchmarkConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    cache_dir: str = "~/.cache/detbench"
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="detbench_schema", node=JobConfig)
+
+
+MODEL_SOURCES = ("embedded", "path")
+DATASET_KINDS = ("synthetic", "coco")
+BACKENDS = ("native",)
+OUTPUT_ADAPTERS = ("zoo",)
+SPLITS = ("train", "val")
+
+
+def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}={value!r} is not valid; it must be {bound}")
+
+
+def _existing(name: str, value: str | None, want_dir: bool) -> None:
+    if value is None:
+        raise ConfigError(f"{name} is not set; give the path of an existing "
+                          f"{'directory' if want_dir else 'file'}")
+    path = Path(os.path.expanduser(value))
+    ok = path.is_dir() if want_dir else path.is_file()
+    if not ok:
+        kind = "directory" if want_dir else "file"
+        raise ConfigError(f"{name}={value!r} does not exist or is not a {kind}")
+
+
+def validate(cfg: JobConfig | DictConfig) -> None:
+    """Check values that types cannot: choices, ranges and paths. Raises ConfigError."""
+    model, data, bench = cfg.model, cfg.dataset, cfg.benchmark
+    _choice("model.source", model.source, MODEL_SOURCES)
+    _choice("model.outputs", model.outputs, OUTPUT_ADAPTERS)
+    _choice("precision.backend", cfg.precision.backend, BACKENDS)
+    _choice("dataset.kind", data.kind, DATASET_KINDS)
+    _choice("dataset.split", data.split, SPLITS)
+    _choice("benchmark.percentile_method", bench.percentile_method, PERCENTILE_METHODS)
+    _positive("dataset.num_images", data.num_images)
+    _positive("benchmark.warmup", bench.warmup, allow_zero=True)
+    _positive("benchmark.chunk_size", bench.chunk_size)
+    _positive("benchmark.sample_interval_s", bench.sample_interval_s)
+    if model.source == "path":
+        _existing("model.path", model.path, want_dir=True)
+        _existing("model.path (saved_model.pb)", os.path.join(os.path.expanduser(model.path or ""),
+                                                              "saved_model.pb"), want_dir=False)
+    if data.kind == "coco":
+        _existing("dataset.images_dir", data.images_dir, want_dir=True)
+        _existing("dataset.annotations", data.annotations, want_dir=False)
+    res = cfg.resolution.name
+    if res != "default" and model.resolutions and res not in model.resolutions:
+        raise ConfigError(f"resolution={res!r} was not published for model={model.name!r}; "
+                          f"valid: default, {', '.join(model.resolutions)}")
+
+
+def to_object(cfg: DictConfig) -> JobConfig:
+    """The typed config object for a composed DictConfig (interpolations resolved)."""
+    obj = OmegaConf.to_object(cfg)
+    assert isinstance(obj, JobConfig)
+    return obj
+
+
+def nominal_resolution(cfg: JobConfig) -> str:
+    """The resolution a run is labelled with (the table's "Input" column)."""
+    if cfg.resolution.name != "default":
+        return cfg.resolution.name
+    return cfg.model.resolutions[0] if cfg.model.resolutions else "native"

@@ -1,0 +1,112 @@
+"""The sample library: a COCO-format dataset's image list and the inputs prepared from it.
+
+Inputs are decoded to uint8 tensors in chunks *before* they are timed: decoding competes with the
+model for the CPU, so it never overlaps a timed call, and only one chunk is held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.config import ConfigError, DatasetConfig
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: int
+    path: Path
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    display_name: str
+    annotations: Path
+    images: tuple[ImageRecord, ...]
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    record: ImageRecord
+    tensor: Any  # tf.Tensor [1, H, W, 3] of the model's input dtype
+
+
+def _read_annotations(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"annotations file {str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+        raise ConfigError(f"annotations file {str(path)!r} has no 'images' list: not COCO format")
+    for key in ("annotations", "categories"):
+        if not isinstance(doc.get(key), list):
+            raise ConfigError(f"annotations file {str(path)!r} has no {key!r} list: "
+                              "not COCO format")
+    return doc
+
+
+def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
+    """The dataset's sorted image list, cut to ``num_images`` (synthetic data generated first)."""
+    if cfg.kind == "synthetic":
+        from runner.demo import synth
+
+        root = synth.ensure_split(Path(cache_dir).expanduser() / "datasets", cfg.split,
+                                  synth.SynthSpec(seed=cfg.seed))
+        images_dir = root / cfg.split
+        ann_path = root / "annotations" / f"instances_{cfg.split}.json"
+    else:
+        assert cfg.images_dir is not None and cfg.annotations is not None
+        images_dir = Path(cfg.images_dir).expanduser()
+        ann_path = Path(cfg.annotations).expanduser()
+    doc = _read_annotations(ann_path)
+    infos = sorted(doc["images"], key=lambda info: int(info["id"]))
+    if cfg.num_images is not None:
+        if cfg.num_images > len(infos):
+            raise ConfigError(f"dataset.num_images={cfg.num_images} exceeds the {len(infos)} "
+                              f"images of {str(ann_path)!r}")
+        infos = infos[: cfg.num_images]
+    records = tuple(
+        ImageRecord(int(i["id"]), images_dir / i["file_name"], int(i["width"]), int(i["height"]))
+        for i in infos
+    )
+    missing = [r.path for r in records if not r.path.is_file()]
+    if missing:
+        raise ConfigError(f"{len(missing)} image file(s) listed in {str(ann_path)!r} are missing, "
+                          f"e.g. {str(missing[0])!r}")
+    return Dataset(cfg.name, cfg.display_name, ann_path, records)
+
+
+def chunked(records: Sequence[ImageRecord], size: int) -> Iterator[Sequence[ImageRecord]]:
+    for start in range(0, len(records), size):
+        yield records[start : start + size]
+
+
+def decode(record: ImageRecord, dtype: str = "uint8") -> Any:
+    """One image as a [1, H, W, 3] tensor (grayscale and RGBA become RGB)."""
+    import tensorflow as tf
+
+    try:
+        raw = tf.io.read_file(str(record.path))
+        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
+        raise ValueError(f"cannot decode image {str(record.path)!r}: {exc.message}") from exc
+    height, width = int(image.shape[0]), int(image.shape[1])
+    if (height, width) != (record.height, record.width):
+        raise ValueError(f"image {str(record.path)!r} is {width}x{height} but its annotation says "
+                         f"{record.width}x{record.height}")
+    return tf.cast(image, dtype)[None] if dtype != "uint8" else image[None]
+
+
+def prepare(records: Sequence[ImageRecord], dtype: str = "uint8",
+            progress: bool = True) -> list[PreparedImage]:
+    """Decode a chunk of images (off the timed path)."""
+    from tqdm import tqdm
+
+    iterator = tqdm(records, desc="prepare", unit="img", disable=not progress, leave=False)
+    return [PreparedImage(record, decode(record, dtype)) for record in iterator]

@@ -1,0 +1,39 @@
+"""What a person sees at the end of a job: the public table's row and where the run is."""
+
+from __future__ import annotations
+
+from runner import table
+from runner.job import JobResult
+
+
+def _details(m: dict[str, float]) -> str:
+    parts = [
+        f"{int(m['count'])} images timed",
+        "images/sec = images / total timed seconds",
+        f"latency p90 {m['latency_p90_ms']:.2f} ms",
+        f"p95 {m['latency_p95_ms']:.2f} ms",
+        f"max {m['latency_max_ms']:.2f} ms",
+        f"CV {m['latency_cv']:.3f}",
+    ]
+    if "gpu_util_mean" in m:
+        parts.append(f"GPU util mean {m['gpu_util_mean']:.0f}%")
+    if "gpu_energy_per_image_j" in m:
+        parts.append(f"{m['gpu_energy_per_image_j']:.3f} J/image")
+    if "cpu_util_mean" in m:
+        parts.append(f"CPU util mean {m['cpu_util_mean']:.0f}%")
+    return "; ".join(parts)
+
+
+def print_result(result: JobResult) -> None:
+    if result.status == "FINISHED":
+        print()
+        print(table.markdown([result.row]))
+        print()
+        print(_details(result.metrics))
+    else:
+        print(f"\njob {result.status}: {result.error}")
+    print(f"MLflow run {result.run_id} ({result.status}) in {result.tracking_uri}")
+    if result.tracking_uri.startswith("sqlite:"):
+        print(f"  browse: make mlflow-ui, then open {result.ui_link}")
+    else:
+        print(f"  browse: {result.ui_link}")

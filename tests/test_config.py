@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import ValidationError
+
+from runner import config
+from tests.conftest import CONF_DIR, compose_job
+
+
+def _validate(overrides: list[str]) -> None:
+    config.validate(config.to_object(compose_job(overrides)))
+
+
+def test_default_composes_to_typed_config() -> None:
+    cfg = config.to_object(compose_job())
+    assert isinstance(cfg, config.JobConfig)
+    assert cfg.model.name == "demo" and cfg.precision.name == "fp32"
+    assert cfg.benchmark.warmup == 50
+    config.validate(cfg)
+    assert config.nominal_resolution(cfg) == "256x256"
+
+
+def test_every_option_of_every_group_composes() -> None:
+    for group in ("model", "resolution", "precision", "dataset", "benchmark", "tracking"):
+        for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
+            compose_job([f"{group}={option}"])
+
+
+def test_schema_is_not_a_swept_option() -> None:
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    assert "schema" not in groups
+    for group in groups:
+        assert not (CONF_DIR / group / "detbench_schema.yaml").exists()
+
+
+def test_unknown_option_names_valid_choices() -> None:
+    with pytest.raises(MissingConfigException) as err:
+        compose_job(["model=nope"])
+    assert "nope" in str(err.value) and "demo" in str(err.value)
+
+
+def test_wrong_type_is_rejected_by_schema() -> None:
+    with pytest.raises((ValidationError, ConfigCompositionException)) as err:
+        compose_job(["benchmark.warmup=many"])
+    assert "many" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("dataset.num_images=0", "dataset.num_images=0"),
+        ("dataset.num_images=-3", "dataset.num_images=-3"),
+        ("benchmark.warmup=-1", "benchmark.warmup=-1"),
+        ("benchmark.chunk_size=0", "benchmark.chunk_size=0"),
+        ("benchmark.sample_interval_s=0", "benchmark.sample_interval_s=0"),
+        ("benchmark.percentile_method=p99", "choose one of"),
+        ("dataset.split=test", "train, val"),
+        ("resolution=640x640", "valid: default, 256x256"),
+    ],
+)
+def test_bad_values_name_value_and_valid(override: str, fragment: str) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        _validate([override])
+    assert fragment in str(err.value)
+
+
+def test_missing_savedmodel_path(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        _validate(["model=custom", f"model.path={tmp_path / 'absent'}"])
+    with pytest.raises(config.ConfigError, match="saved_model.pb"):
+        _validate(["model=custom", f"model.path={tmp_path}"])
+
+
+def test_coco_files_paths_checked(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="dataset.images_dir"):
+        _validate(["dataset=coco_files", f"dataset.images_dir={tmp_path / 'x'}",
+                   f"dataset.annotations={tmp_path / 'a.json'}"])

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runner import data
+from runner.config import ConfigError, DatasetConfig
+
+
+def _coco_dir(tmp_path: Path, images: dict[str, Image.Image]) -> DatasetConfig:
+    (tmp_path / "img").mkdir()
+    infos = []
+    for i, (name, img) in enumerate(sorted(images.items()), start=1):
+        img.save(tmp_path / "img" / name)
+        infos.append({"id": 10 - i, "file_name": name, "width": img.width, "height": img.height})
+    doc = {"images": infos, "annotations": [], "categories": [{"id": 1, "name": "x"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    return DatasetConfig(name="t", display_name="t", kind="coco", images_dir=str(tmp_path / "img"),
+                         annotations=str(tmp_path / "ann.json"))
+
+
+def test_synthetic_subset_is_sorted_and_deterministic(cache_dir: Path) -> None:
+    cfg = DatasetConfig(name="s", display_name="s", kind="synthetic", num_images=7)
+    ds = data.load_dataset(cfg, str(cache_dir))
+    ids = [r.image_id for r in ds.images]
+    assert ids == sorted(ids) and len(ids) == 7
+    assert ids == [r.image_id for r in data.load_dataset(cfg, str(cache_dir)).images]
+    cfg.num_images = 10**6
+    with pytest.raises(ConfigError, match="exceeds"):
+        data.load_dataset(cfg, str(cache_dir))
+
+
+def test_any_image_mode_becomes_rgb_uint8(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    images = {
+        "a.jpg": Image.fromarray(rgb),
+        "b.png": Image.fromarray(rgb),
+        "c.jpg": Image.fromarray(rgb[..., 0]),  # grayscale
+        "d.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]])),  # RGBA
+    }
+    ds = data.load_dataset(_coco_dir(tmp_path, images), "unused")
+    assert [r.image_id for r in ds.images] == sorted(r.image_id for r in ds.images)
+    prepared = data.prepare(ds.images, progress=False)
+    for p in prepared:
+        assert tuple(p.tensor.shape) == (1, 20, 30, 3) and p.tensor.dtype.name == "uint8"
+    png = next(p for p in prepared if p.record.path.name == "b.png")
+    np.testing.assert_array_equal(png.tensor.numpy()[0], rgb)
+
+
+def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
+    cfg = _coco_dir(tmp_path, {"a.jpg": Image.new("RGB", (8, 6))})
+    (tmp_path / "img" / "a.jpg").write_bytes(b"not an image")
+    ds = data.load_dataset(cfg, "unused")
+    with pytest.raises(ValueError, match="a.jpg"):
+        data.prepare(ds.images, progress=False)
+    (tmp_path / "img" / "a.jpg").unlink()
+    with pytest.raises(ConfigError, match="missing"):
+        data.load_dataset(cfg, "unused")
+    (tmp_path / "ann.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        data.load_dataset(cfg, "unused")
+    (tmp_path / "ann.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ConfigError, match="annotations"):
+        data.load_dataset(cfg, "unused")
+
+
+def test_size_mismatch_is_reported(tmp_path: Path) -> None:
+    cfg = _coco_dir(tmp_path, {"a.png": Image.new("RGB", (8, 6))})
+    doc = json.loads(Path(cfg.annotations or "").read_text())
+    doc["images"][0]["width"] = 9
+    Path(cfg.annotations or "").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="8x6"):
+        data.prepare(data.load_dataset(cfg, "unused").images, progress=False)
+
+
+def test_chunked_covers_all_in_order() -> None:
+    records = list(range(10))
+    chunks = list(data.chunked(records, 4))  # type: ignore[arg-type]
+    assert chunks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

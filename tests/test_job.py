@@ -1,0 +1,95 @@
+"""The job end to end, as a user runs it: ``python -m runner`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from runner.evaluate import STAT_NAMES
+from runner.table import COLUMNS
+
+TIMING = ("images_per_sec", "latency_mean_ms", "latency_median_ms", "latency_min_ms",
+          "latency_max_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "total_time_s")
+
+
+def _run(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    flags = [o for o in overrides if o.startswith("-")]
+    rest = [o for o in overrides if not o.startswith("-")]
+    cmd = [sys.executable, "-m", "runner", *flags, f"hydra.run.dir={tmp_path / 'out'}",
+           f"hydra.sweep.dir={tmp_path / 'multi'}", *rest]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return proc, uri
+
+
+def _runs(uri: str) -> list[Run]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("detbench")
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_job_end_to_end(tmp_path: Path) -> None:
+    proc, uri = _run(tmp_path, "dataset.num_images=60", "benchmark.warmup=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| Model"))
+    assert [c.strip() for c in header.strip("|").split("|")] == list(COLUMNS)
+    assert "MLflow run" in proc.stdout
+    (run,) = _runs(uri)
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for stat in STAT_NAMES:
+        assert f"bbox.{stat}" in m
+    assert 0.3 < m["bbox.AP50"] <= 1.0 and 0.15 < m["bbox.AP"] <= m["bbox.AP50"]
+    for key in TIMING:
+        assert m[key] > 0
+    assert m["latency_min_ms"] <= m["latency_median_ms"] <= m["latency_p99_ms"]
+    assert m["latency_p99_ms"] <= m["latency_max_ms"]
+    assert m["count"] == 60
+    assert m["total_time_s"] == pytest.approx(m["count"] / m["images_per_sec"])
+    assert m["cpu_util_mean"] >= 0 and m["time.load_s"] > 0
+    assert run.data.params["model.name"] == "demo" and run.data.params["choice.precision"] == "fp32"
+    tags = run.data.tags
+    assert tags["telemetry.backend"] == "psutil" and tags["env.gpu_count"] == "0"
+    assert tags["env.tensorflow"] and tags["mlflow.runName"] == "demo@256x256/fp32"
+    client = MlflowClient(uri)
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "detections.json", "latencies.csv", "samples.csv",
+            "table_row.md"} <= names
+    latencies = Path(client.download_artifacts(run.info.run_id, "latencies.csv", str(tmp_path)))
+    assert len(latencies.read_text().splitlines()) == 61
+    assert client.get_metric_history(run.info.run_id, "sample.cpu.cpu_util_pct")
+
+
+def test_config_error_fails_before_any_run(tmp_path: Path) -> None:
+    proc, uri = _run(tmp_path, "dataset.num_images=0")
+    assert proc.returncode == 2
+    assert "dataset.num_images=0" in proc.stderr and "Traceback" not in proc.stderr
+    assert _runs(uri) == []
+
+
+def test_broken_model_ends_failed_with_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_model"
+    bad.mkdir()
+    (bad / "saved_model.pb").write_bytes(b"\x00garbage")
+    proc, uri = _run(tmp_path, "model=custom", f"model.path={bad}", "dataset.num_images=2")
+    assert proc.returncode == 1
+    (run,) = _runs(uri)
+    assert run.info.status == "FAILED" and run.data.tags["error"]
+    names = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id, "error")}
+    assert "error/traceback.txt" in names
+
+
+def test_multirun_over_warmup(tmp_path: Path) -> None:
+    proc, uri = _run(tmp_path, "-m", "benchmark.warmup=1,2", "dataset.num_images=4",
+                     "benchmark.telemetry=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = _runs(uri)
+    assert sorted(r.data.params["benchmark.warmup"] for r in runs) == ["1", "2"]
+    assert all(r.info.status == "FINISHED" for r in runs)
