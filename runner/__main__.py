@@ -21,7 +21,7 @@ log = logging.getLogger("runner")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> str:
+def main(cfg: DictConfig) -> dict[str, str | None]:
     from pathlib import Path
 
     from runner import job, report
@@ -33,9 +33,10 @@ def main(cfg: DictConfig) -> str:
         print(f"detbench: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     report.print_result(result)
-    if result.status != "FINISHED" and hydra_cfg.mode == RunMode.RUN:
+    if result.status not in ("FINISHED", "SKIPPED") and hydra_cfg.mode == RunMode.RUN:
         sys.exit(1)
-    return result.status
+    return {"status": result.status, "name": result.name, "error": result.error,
+            "run_id": result.run_id}
 
 
 if __name__ == "__main__":

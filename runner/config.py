@@ -20,18 +20,32 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class OutputKeys:
+    """Only for model.outputs=custom: the output key of each role."""
+
+    boxes: str | None = None
+    classes: str | None = None
+    scores: str | None = None
+    num_detections: str | None = None  # optional: all rows are valid without it
+
+
+@dataclass
 class ModelConfig:
     """A detection SavedModel and how to call it."""
 
     name: str = MISSING  # config key, e.g. "demo"
     display_name: str = MISSING  # the public table's "Model" column
-    source: str = "embedded"  # embedded (shipped in the package) | path (a SavedModel directory)
+    source: str = "embedded"  # embedded (shipped) | zoo (downloaded) | path (a SavedModel dir)
     path: str | None = None  # SavedModel directory for source=path
-    resolutions: list[str] = field(default_factory=list)  # resolutions the model was published at
+    resolutions: list[str] = field(default_factory=list)  # published resolutions, default first
     signature: str = "serving_default"
     input_name: str = "input_tensor"
     input_dtype: str = "uint8"
     outputs: str = "zoo"  # output adapter in runner.signatures
+    output_keys: OutputKeys = field(default_factory=OutputKeys)  # outputs=custom only
+    box_format: str = "normalized"  # normalized | pixels (of the tensor fed to the model)
+    box_order: str = "yx"  # yx: [ymin, xmin, ymax, xmax] | xy: [xmin, ymin, xmax, ymax]
+    class_offset: int = 0  # added to output classes to get COCO category ids
 
 
 @dataclass
@@ -52,11 +66,12 @@ class PrecisionConfig:
 class DatasetConfig:
     name: str = MISSING
     display_name: str = MISSING
-    kind: str = "synthetic"  # synthetic (generated from seed) | coco (files on disk)
+    kind: str = "synthetic"  # synthetic (from seed) | coco2017 (downloaded) | coco (files)
     split: str = "val"
     seed: int = 0
     images_dir: str | None = None  # kind=coco: folder of images
     annotations: str | None = None  # kind=coco: instances_<split>.json
+    keypoint_annotations: str | None = None  # kind=coco: person_keypoints_<split>.json
     num_images: int | None = None  # None: all; else the first N by sorted image id
 
 
@@ -67,6 +82,12 @@ class BenchmarkConfig:
     percentile_method: str = "linear"
     sample_interval_s: float = 0.05
     telemetry: bool = True
+    # native: the original image (the model resizes, as the zoo intends); seed: squash-resize to
+    # the nominal size and truncate boxes to int, as the public table did.
+    input_policy: str = "native"
+    isolate: bool = True  # measured work in a fresh child process
+    timeout_s: float = 7200.0  # the child is killed past this
+    rerun: bool = False  # False: skip a job whose identical config already FINISHED
 
 
 @dataclass
@@ -92,10 +113,15 @@ def register() -> None:
     ConfigStore.instance().store(name="detbench_schema", node=JobConfig)
 
 
-MODEL_SOURCES = ("embedded", "path")
-DATASET_KINDS = ("synthetic", "coco")
+MODEL_SOURCES = ("embedded", "zoo", "path")
+DATASET_KINDS = ("synthetic", "coco2017", "coco")
 BACKENDS = ("native",)
-OUTPUT_ADAPTERS = ("zoo",)
+OUTPUT_ADAPTERS = ("zoo", "zoo_keypoints", "zoo_masks", "centernet_tflite", "custom")
+INPUT_DTYPES = ("uint8", "float32")
+INPUT_POLICIES = ("native", "seed")
+BOX_FORMATS = ("normalized", "pixels")
+BOX_ORDERS = ("yx", "xy")
+ROLES = ("boxes", "classes", "scores", "num_detections")
 SPLITS = ("train", "val")
 
 
@@ -128,6 +154,17 @@ def validate(cfg: JobConfig | DictConfig) -> None:
     model, data, bench = cfg.model, cfg.dataset, cfg.benchmark
     _choice("model.source", model.source, MODEL_SOURCES)
     _choice("model.outputs", model.outputs, OUTPUT_ADAPTERS)
+    _choice("model.input_dtype", model.input_dtype, INPUT_DTYPES)
+    _choice("model.box_format", model.box_format, BOX_FORMATS)
+    _choice("model.box_order", model.box_order, BOX_ORDERS)
+    _choice("benchmark.input_policy", bench.input_policy, INPUT_POLICIES)
+    _positive("benchmark.timeout_s", bench.timeout_s)
+    if model.outputs == "custom":
+        for role in ROLES[:3]:
+            if not getattr(model.output_keys, role):
+                raise ConfigError(f"model.output_keys.{role} is not set: outputs=custom needs "
+                                  f"model.output_keys.{{{', '.join(ROLES[:3])}}} "
+                                  "(num_detections optional)")
     _choice("precision.backend", cfg.precision.backend, BACKENDS)
     _choice("dataset.kind", data.kind, DATASET_KINDS)
     _choice("dataset.split", data.split, SPLITS)
@@ -136,17 +173,34 @@ def validate(cfg: JobConfig | DictConfig) -> None:
     _positive("benchmark.warmup", bench.warmup, allow_zero=True)
     _positive("benchmark.chunk_size", bench.chunk_size)
     _positive("benchmark.sample_interval_s", bench.sample_interval_s)
-    if model.source == "path":
+    if model.source == "path" and model.path:
         _existing("model.path", model.path, want_dir=True)
         _existing("model.path (saved_model.pb)", os.path.join(os.path.expanduser(model.path or ""),
                                                               "saved_model.pb"), want_dir=False)
     if data.kind == "coco":
         _existing("dataset.images_dir", data.images_dir, want_dir=True)
         _existing("dataset.annotations", data.annotations, want_dir=False)
-    res = cfg.resolution.name
+    if bench.input_policy == "seed" and nominal_resolution(cfg) == "native":
+        raise ConfigError("benchmark.input_policy='seed' needs a nominal size: choose a "
+                          "resolution (e.g. resolution=640x640) or a model with resolutions")
+
+
+def skip_reason(cfg: JobConfig | DictConfig) -> str | None:
+    """Why this job should not run at all (a combination that does not exist), else None."""
+    res, model = cfg.resolution.name, cfg.model
+    if model.source == "path" and not model.path:
+        return (f"model={model.name} needs model.path=<SavedModel directory> "
+                "(e.g. python -m runner model=custom model.path=/models/x/saved_model)")
     if res != "default" and model.resolutions and res not in model.resolutions:
-        raise ConfigError(f"resolution={res!r} was not published for model={model.name!r}; "
-                          f"valid: default, {', '.join(model.resolutions)}")
+        return (f"resolution={res!r} was not published for model={model.name!r}; "
+                f"published: {', '.join(model.resolutions)}")
+    return None
+
+
+def resolution_hw(name: str) -> tuple[int, int]:
+    """"640x640" -> (640, 640); "800x1333" -> (800, 1333) as (height, width)."""
+    h, _, w = name.partition("x")
+    return int(h), int(w)
 
 
 def to_object(cfg: DictConfig) -> JobConfig:
@@ -156,7 +210,7 @@ def to_object(cfg: DictConfig) -> JobConfig:
     return obj
 
 
-def nominal_resolution(cfg: JobConfig) -> str:
+def nominal_resolution(cfg: JobConfig | DictConfig) -> str:
     """The resolution a run is labelled with (the table's "Input" column)."""
     if cfg.resolution.name != "default":
         return cfg.resolution.name

@@ -51,6 +51,15 @@ def _read_annotations(path: Path) -> dict[str, Any]:
     return doc
 
 
+def keypoint_annotations(cfg: DatasetConfig, cache_dir: str) -> Path | None:
+    """The person-keypoints annotations for keypoint models, where the dataset has them."""
+    if cfg.kind == "coco2017":
+        from runner import acquire
+
+        return acquire.ensure_coco_val2017(Path(cache_dir).expanduser())[2]
+    return Path(cfg.keypoint_annotations).expanduser() if cfg.keypoint_annotations else None
+
+
 def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
     """The dataset's sorted image list, cut to ``num_images`` (synthetic data generated first)."""
     if cfg.kind == "synthetic":
@@ -60,6 +69,10 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
                                   synth.SynthSpec(seed=cfg.seed))
         images_dir = root / cfg.split
         ann_path = root / "annotations" / f"instances_{cfg.split}.json"
+    elif cfg.kind == "coco2017":
+        from runner import acquire
+
+        images_dir, ann_path, _ = acquire.ensure_coco_val2017(Path(cache_dir).expanduser())
     else:
         assert cfg.images_dir is not None and cfg.annotations is not None
         images_dir = Path(cfg.images_dir).expanduser()
@@ -87,8 +100,10 @@ def chunked(records: Sequence[ImageRecord], size: int) -> Iterator[Sequence[Imag
         yield records[start : start + size]
 
 
-def decode(record: ImageRecord, dtype: str = "uint8") -> Any:
-    """One image as a [1, H, W, 3] tensor (grayscale and RGBA become RGB)."""
+def decode(record: ImageRecord, dtype: str = "uint8",
+           resize: tuple[int, int] | None = None) -> Any:
+    """One image as a [1, H, W, 3] tensor (grayscale and RGBA become RGB), optionally squashed to
+    ``resize`` = (height, width) with ``tf.image.resize`` (bilinear, aspect ratio not kept)."""
     import tensorflow as tf
 
     try:
@@ -100,13 +115,18 @@ def decode(record: ImageRecord, dtype: str = "uint8") -> Any:
     if (height, width) != (record.height, record.width):
         raise ValueError(f"image {str(record.path)!r} is {width}x{height} but its annotation says "
                          f"{record.width}x{record.height}")
-    return tf.cast(image, dtype)[None] if dtype != "uint8" else image[None]
+    if resize is not None:
+        image = tf.image.resize(image, resize)
+        if dtype == "uint8":
+            image = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
+    return (image if image.dtype.name == dtype else tf.cast(image, dtype))[None]
 
 
 def prepare(records: Sequence[ImageRecord], dtype: str = "uint8",
-            progress: bool = True) -> list[PreparedImage]:
+            resize: tuple[int, int] | None = None, progress: bool = True) -> list[PreparedImage]:
     """Decode a chunk of images (off the timed path)."""
     from tqdm import tqdm
 
-    iterator = tqdm(records, desc="prepare", unit="img", disable=not progress, leave=False)
-    return [PreparedImage(record, decode(record, dtype)) for record in iterator]
+    iterator = tqdm(records, desc="prepare", unit="img", disable=not progress, leave=False,
+                    position=1)
+    return [PreparedImage(record, decode(record, dtype, resize)) for record in iterator]

@@ -19,6 +19,9 @@ class Detections:
     boxes: np.ndarray  # float32 [N, 4]
     classes: np.ndarray  # int64 [N]
     scores: np.ndarray  # float32 [N]
+    keypoints: np.ndarray | None = None  # float32 [N, K, 2] normalized (y, x)
+    keypoint_scores: np.ndarray | None = None  # float32 [N, K]
+    masks: np.ndarray | None = None  # float32 [N, h, w] relative to each box, values in [0, 1]
 
     def __post_init__(self) -> None:
         n = len(self.scores)
@@ -27,6 +30,10 @@ class Detections:
                 f"inconsistent detections: boxes {self.boxes.shape}, classes {self.classes.shape}, "
                 f"scores {self.scores.shape}"
             )
+        for name in ("keypoints", "keypoint_scores", "masks"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"inconsistent detections: {name} {value.shape} for {n} boxes")
 
     def __len__(self) -> int:
         return len(self.scores)

@@ -93,7 +93,9 @@ class ResultsAccumulator:
     Each image may be added once (a second ``add`` for the same id raises ``ValueError``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, truncate: bool = False) -> None:
+        """``truncate``: cut pixel boxes to int, as the public table did (its ``seed`` policy)."""
+        self.truncate = truncate
         self._ids: list[np.ndarray] = []
         self._xywh: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
@@ -108,6 +110,8 @@ class ResultsAccumulator:
         if image_id in self._seen:
             raise ValueError(f"image_id {image_id} was already added")
         xywh = _pixel_xywh(width, height, det.boxes)
+        if self.truncate:
+            xywh = np.trunc(xywh)
         scores = _scores(det)
         self._seen.add(image_id)
         self._image_ids.append(image_id)

@@ -1,33 +1,46 @@
-"""One benchmark job: validate -> dataset -> load model -> prepare -> warm up -> time -> evaluate
--> track. Config errors surface before anything expensive; any later failure ends the job's MLflow
-run as FAILED with its traceback, keeping whatever was already logged."""
+"""One benchmark job: validate -> (skip?) -> track -> acquire -> measured part in a child process
+(``runner.worker``) -> log what it wrote. Config errors surface before anything expensive; any
+later failure (exception, crash, signal, timeout) ends the job's MLflow run as FAILED with the
+reason, and whatever the child already measured is still logged."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
-import time
-from collections.abc import Mapping, Sequence
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from runner import config, data, table
 from runner.config import JobConfig
+from runner.worker import JobSpec, dataset_dict
 
 log = logging.getLogger(__name__)
 
 MAX_SERIES_POINTS = 1000  # per sampled quantity logged as an MLflow time series
+#: config keys that do not change what a job measures (left out of its identity hash)
+NOT_IDENTITY = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
+                "cache_dir")
+PARENT_ENV = "DETBENCH_PARENT_RUN_ID"
+
+
+class JobFailed(RuntimeError):
+    """The measured part did not complete: the message says why (exception, signal, timeout)."""
 
 
 @dataclass
 class JobResult:
-    status: str  # FINISHED | FAILED | KILLED
+    status: str  # FINISHED | FAILED | KILLED | SKIPPED
     run_id: str | None
     tracking_uri: str
     metrics: dict[str, float] = field(default_factory=dict)
@@ -35,23 +48,18 @@ class JobResult:
     error: str | None = None
     ui_link: str | None = None
     experiment_id: str | None = None
-
-
-@dataclass
-class Measurement:
-    latencies_s: np.ndarray
-    image_ids: list[int]
-    results: Any  # evaluate.ResultsAccumulator
-    samples: list[dict[str, Any]]
-    telemetry: dict[str, float]
-    timings: dict[str, float]
-    backend: dict[str, str]
-    sampler_info: dict[str, Any]
+    name: str = ""
 
 
 def model_dir(cfg: JobConfig) -> Path:
     if cfg.model.source == "embedded":
         return Path(str(resources.files("runner.demo") / "assets" / "demo_centernet"))
+    if cfg.model.source == "zoo":
+        from runner import acquire
+
+        resolution = config.nominal_resolution(cfg)
+        cache = Path(cfg.cache_dir).expanduser()
+        return acquire.ensure_zoo_model(cfg.model.name, resolution, cache)
     assert cfg.model.path is not None
     return Path(cfg.model.path).expanduser()
 
@@ -62,178 +70,181 @@ def run_name(cfg: JobConfig) -> str:
     )
 
 
-def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
+def identity(cfg: DictConfig) -> str:
+    """A hash of everything that changes what a job measures (resume skips on it)."""
+    flat = _flat(cfg)
+    kept = {k: v for k, v in flat.items() if not any(
+        k == n or k.startswith(n + ".") for n in NOT_IDENTITY)}
+    return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(cfg: DictConfig) -> dict[str, str]:
     from runner.tracking import flatten
 
-    params = flatten(cfg)
+    return flatten(cfg)
+
+
+def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
+    params = _flat(cfg)
     params.update({f"choice.{k}": str(v) for k, v in choices.items() if not k.startswith("hydra")})
     return params
 
 
 def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobResult:
     """Run one job; raises ConfigError (before any model loads) for bad input."""
+    from runner.tracking import Tracker, resolve_uri
+
     job_cfg = config.to_object(cfg)
     config.validate(job_cfg)
-    directory = model_dir(job_cfg)
-    if not (directory / "saved_model.pb").is_file():
-        raise config.ConfigError(f"no SavedModel at {str(directory)!r} (saved_model.pb missing)")
-    dataset = data.load_dataset(job_cfg.dataset, job_cfg.cache_dir)
-
-    from runner.tracking import Tracker
-
-    tracker = Tracker(job_cfg.tracking.uri, job_cfg.tracking.experiment)
     name = run_name(job_cfg)
+    reason = config.skip_reason(job_cfg)
+    if reason:
+        return JobResult("SKIPPED", None, resolve_uri(job_cfg.tracking.uri), error=reason,
+                         name=name)
+    tracker = Tracker(job_cfg.tracking.uri, job_cfg.tracking.experiment)
+    key = identity(cfg)
+    if not job_cfg.benchmark.rerun:
+        done = tracker.find_finished(key)
+        if done:
+            return JobResult("SKIPPED", done, tracker.uri, name=name,
+                             error=f"already measured: FINISHED run {done} has the same config "
+                                   "(benchmark.rerun=true measures it again)")
     tags = {"detbench.model": job_cfg.model.name, "detbench.precision": job_cfg.precision.name,
             "detbench.resolution": config.nominal_resolution(job_cfg),
-            "detbench.dataset": dataset.display_name}
+            "detbench.dataset": job_cfg.dataset.display_name, "detbench.identity": key,
+            "detbench.input_policy": job_cfg.benchmark.input_policy}
+    if os.environ.get(PARENT_ENV):
+        tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
     tracker.start(name, _params(cfg, choices), tags)
     result = JobResult("RUNNING", tracker.run_id, tracker.uri, ui_link=tracker.ui_link(),
-                       experiment_id=tracker.experiment_id)
+                       experiment_id=tracker.experiment_id, name=name)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    tracker.log_artifacts([output_dir / "config.yaml"])
     try:
-        measurement = measure(job_cfg, directory, dataset, tracker)
-        metrics = _evaluate(dataset, measurement, job_cfg)
-        _log_results(tracker, measurement, metrics, output_dir, dataset)
+        metrics = _acquire_and_measure(job_cfg, cfg, output_dir)
         result.metrics = metrics
         result.row = table.row(job_cfg.model.display_name, config.nominal_resolution(job_cfg),
                                job_cfg.precision.display_name, metrics)
-        tracker.log_text(table.markdown([result.row]), "table_row.md")
+        (output_dir / "table_row.md").write_text(table.markdown([result.row]) + "\n")
+        _log_outputs(tracker, output_dir, metrics)
         tracker.finish()
         result.status = "FINISHED"
     except (Exception, KeyboardInterrupt) as exc:
+        _log_outputs(tracker, output_dir, None)
         tracker.fail(exc)
         result.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         result.error = f"{type(exc).__name__}: {exc}"
-        log.exception("job failed: %s", result.error)
+        log.error("job %s %s: %s", name, result.status, result.error)
         if isinstance(exc, KeyboardInterrupt):
             raise
     return result
 
 
-def measure(cfg: JobConfig, directory: Path, dataset: data.Dataset, tracker: Any) -> Measurement:
-    """Load, prepare (untimed, chunked), warm up and time; the sampler runs throughout."""
-    from tqdm import tqdm
+def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict[str, float]:
+    directory = model_dir(cfg)
+    if not (directory / "saved_model.pb").is_file():
+        raise FileNotFoundError(f"no SavedModel at {str(directory)!r} (saved_model.pb missing)")
+    dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
+    keypoints = data.keypoint_annotations(cfg.dataset, cfg.cache_dir)
+    container = OmegaConf.to_container(raw, resolve=True)
+    assert isinstance(container, dict)
+    spec = JobSpec(cfg={str(k): v for k, v in container.items()}, model_dir=str(directory),
+                   dataset=dataset_dict(dataset),
+                   keypoint_annotations=str(keypoints) if keypoints else None)
+    spec.write(job_dir)
+    if not cfg.benchmark.isolate:
+        from runner.worker import execute
 
-    from runner import environment, signatures
-    from runner.backends.native import NativeBackend
-    from runner.evaluate import ResultsAccumulator
-    from runner.measure import time_calls, warm_up
-    from runner.telemetry import Sampler
+        return execute(job_dir)
+    run_child(job_dir, cfg.benchmark.timeout_s)
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    assert isinstance(metrics, dict)
+    return metrics
 
-    bench = cfg.benchmark
-    timings: dict[str, float] = {"prepare_s": 0.0}
-    sampler = Sampler(interval_s=bench.sample_interval_s, enabled=bench.telemetry)
-    sampler.start()
+
+def run_child(job_dir: Path, timeout_s: float) -> None:
+    """``python -m runner.worker job_dir`` in a fresh process; raises JobFailed with the reason."""
+    child = subprocess.Popen([sys.executable, "-m", "runner.worker", str(job_dir)])
     try:
-        tracker.set_tags({**environment.collect(sampler.gpus),
-                          "telemetry.backend": sampler.backend,
-                          "telemetry.gpu_found": str(sampler.gpu_found).lower(),
-                          "telemetry.reason": sampler.reason or ""})
-        sampler.mark_phase("load")
-        start = time.perf_counter()
-        backend = NativeBackend(directory, cfg.model.signature, cfg.model.input_name,
-                                cfg.model.input_dtype)
-        timings["load_s"] = time.perf_counter() - start
-        adapt = signatures.adapter(cfg.model.outputs)
-        results = ResultsAccumulator()
-        latencies: list[np.ndarray] = []
-        bar = tqdm(total=len(dataset.images), desc="timed", unit="img")
-        for index, chunk in enumerate(data.chunked(dataset.images, bench.chunk_size)):
-            sampler.mark_phase("prepare")
-            start = time.perf_counter()
-            prepared = data.prepare(chunk, cfg.model.input_dtype)
-            timings["prepare_s"] += time.perf_counter() - start
-            tensors = [p.tensor for p in prepared]
-            if index == 0:
-                sampler.mark_phase("warmup")
-                start = time.perf_counter()
-                warm_up(backend.predict, tensors, bench.warmup)
-                timings["warmup_s"] = time.perf_counter() - start
-            sampler.mark_phase("timed")
-
-            def on_output(i: int, outputs: Mapping[str, np.ndarray],
-                          chunk: Sequence[data.ImageRecord] = chunk) -> None:
-                record = chunk[i]
-                results.add(record.image_id, record.width, record.height, adapt(outputs))
-
-            latencies.append(time_calls(backend.predict, tensors, on_output, progress=bar.update))
-            del prepared, tensors
-        bar.close()
-        sampler.mark_phase("done")
-    finally:
-        sampler.stop()
-    return Measurement(
-        latencies_s=np.concatenate(latencies),
-        image_ids=[r.image_id for r in dataset.images],
-        results=results,
-        samples=sampler.samples(),
-        telemetry=sampler.summary("timed", num_images=len(dataset.images)),
-        timings=timings,
-        backend=backend.describe(),
-        sampler_info={"backend": sampler.backend, "gpus": sampler.gpus},
-    )
+        code = child.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _stop(child)
+        raise JobFailed(f"timeout: the measured part ran past benchmark.timeout_s={timeout_s:g} "
+                        "and was killed") from None
+    except BaseException:
+        _stop(child)
+        raise
+    if code == 0:
+        return
+    error_file = job_dir / "error.json"
+    if error_file.is_file():
+        err = json.loads(error_file.read_text())
+        raise JobFailed(f"{err['type']}: {err['message']}")
+    if code < 0:
+        raise JobFailed(f"the measured part was killed by signal {signal.Signals(-code).name}")
+    raise JobFailed(f"the measured part exited with code {code}")
 
 
-def _evaluate(dataset: data.Dataset, m: Measurement, cfg: JobConfig) -> dict[str, float]:
-    from runner.evaluate import evaluate_bbox
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    child.terminate()
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | None) -> None:
+    """Log whatever the measured part wrote; a partial latencies file still gives statistics."""
+    env_file = job_dir / "environment.json"
+    if env_file.is_file():
+        tracker.set_tags(json.loads(env_file.read_text()))
+    backend_file = job_dir / "backend.json"
+    if backend_file.is_file():
+        tracker.set_tags({f"backend.{k}": v for k, v in json.loads(
+            backend_file.read_text()).items()})
+    if metrics is None:
+        metrics = _partial_metrics(job_dir)
+    if metrics:
+        tracker.log_metrics(metrics)
+    _log_samples(tracker, job_dir)
+    names = ("config.yaml", "latencies.csv", "samples.csv", "detections.json", "keypoints.json",
+             "masks.json", "environment.json", "telemetry.json", "backend.json", "table_row.md")
+    tracker.log_artifacts([job_dir / n for n in names if (job_dir / n).is_file()])
+
+
+def _partial_metrics(job_dir: Path) -> dict[str, float]:
     from runner.stats import summarize
 
-    stats = summarize(m.latencies_s, cfg.benchmark.percentile_method)
-    start = time.perf_counter()
-    coco = evaluate_bbox(dataset.annotations, m.results, m.image_ids)
-    timings = {**m.timings, "evaluate_s": time.perf_counter() - start}
-    return {
-        **stats.as_metrics(),
-        **{f"bbox.{k}": v for k, v in coco.items()},
-        **m.telemetry,
-        **{f"time.{k}": v for k, v in timings.items()},
-        "detections": float(len(m.results)),
-    }
+    path = job_dir / "latencies.csv"
+    if not path.is_file():
+        return {}
+    with path.open() as fh:
+        values = [float(r["latency_ms"]) / 1000 for r in csv.DictReader(fh)]
+    if not values:
+        return {}
+    return {f"partial.{k}": v for k, v in summarize(values).as_metrics().items()}
 
 
-def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def _log_series(tracker: Any, samples: Sequence[Mapping[str, Any]]) -> None:
+def _log_samples(tracker: Any, job_dir: Path) -> None:
     """Each numeric sampled quantity per device as an MLflow time series (at most 1000 points)."""
-    wall0 = time.time() - time.monotonic()
+    samples, meta = job_dir / "samples.csv", job_dir / "telemetry.json"
+    if not samples.is_file() or not meta.is_file():
+        return
+    wall0 = float(json.loads(meta.read_text())["wall_start"])
     series: dict[str, tuple[list[float], list[float]]] = {}
-    for s in samples:
-        for key, value in s.items():
-            if key in ("t_s", "phase", "device", "t_mono") or not isinstance(value, int | float):
-                continue
-            values, stamps = series.setdefault(f"sample.{s['device']}.{key}", ([], []))
-            values.append(float(value))
-            stamps.append(wall0 + float(s.get("t_mono", s["t_s"])))
+    with samples.open() as fh:
+        for s in csv.DictReader(fh):
+            for key, value in s.items():
+                if key in ("t_s", "phase", "device") or value in ("", None):
+                    continue
+                try:
+                    number = float(value)
+                except ValueError:
+                    continue
+                values, stamps = series.setdefault(f"sample.{s['device']}.{key}", ([], []))
+                values.append(number)
+                stamps.append(wall0 + float(s["t_s"]))
     for name, (values, stamps) in series.items():
         stride = max(1, len(values) // MAX_SERIES_POINTS)
         tracker.log_series(name, values[::stride], stamps[::stride])
-
-
-def _log_results(tracker: Any, m: Measurement, metrics: Mapping[str, float], out: Path,
-                 dataset: data.Dataset) -> None:
-    tracker.log_metrics(metrics)
-    tracker.set_tags({f"backend.{k}": v for k, v in m.backend.items()})
-    files = [
-        _write_csv(out / "latencies.csv", [
-            {"image_id": i, "latency_ms": round(float(t) * 1000, 6)}
-            for i, t in zip(m.image_ids, m.latencies_s, strict=True)]),
-        out / "detections.json",
-        out / "environment.json",
-    ]
-    (out / "detections.json").write_text(json.dumps(m.results.to_json_list()))
-    (out / "environment.json").write_text(json.dumps(m.sampler_info, indent=1, default=str))
-    if m.samples:
-        files.append(_write_csv(out / "samples.csv", m.samples))
-        _log_series(tracker, m.samples)
-    tracker.log_artifacts(files)

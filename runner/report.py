@@ -30,6 +30,9 @@ def print_result(result: JobResult) -> None:
         print(table.markdown([result.row]))
         print()
         print(_details(result.metrics))
+    elif result.status == "SKIPPED":
+        print(f"\njob {result.name} SKIPPED: {result.error}")
+        return
     else:
         print(f"\njob {result.status}: {result.error}")
     print(f"MLflow run {result.run_id} ({result.status}) in {result.tracking_uri}")

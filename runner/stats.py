@@ -9,7 +9,8 @@ Two throughput figures are kept apart on purpose: ``images_per_sec`` is ``count 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, cast
 
@@ -115,3 +116,89 @@ def summarize(
         latency_p99_ms=p99,
         percentile_method=percentile_method,
     )
+
+
+# -- uncertainty, stability and repeats -------------------------------------------------------
+
+BOOTSTRAP_STATISTICS: tuple[str, ...] = ("mean", "throughput")
+_BOOTSTRAP_BLOCK = 1_000_000  # resampled values held in memory at once
+
+
+def bootstrap_ci(
+    latencies_s: Sequence[float] | np.ndarray,
+    statistic: str = "mean",
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the mean latency (s) or of the throughput.
+
+    ``statistic="mean"`` gives the interval of ``mean(latencies_s)`` in seconds,
+    ``"throughput"`` that of ``count / sum(latencies_s)`` in images/s. Each resample draws
+    ``len(latencies_s)`` latencies with replacement; the bounds are the ``(1 - confidence) / 2``
+    and ``(1 + confidence) / 2`` quantiles of the resampled statistic. Same input and seed, same
+    interval; a lower confidence on the same seed gives a nested (never wider) interval.
+    """
+    if statistic not in BOOTSTRAP_STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; valid choices: "
+                         f"{', '.join(BOOTSTRAP_STATISTICS)}")
+    if not (isinstance(n_resamples, int) and n_resamples >= 1):
+        raise ValueError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")
+    if not (isinstance(confidence, int | float) and 0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    lat = _validated(latencies_s)
+    n = lat.size
+    rng = np.random.default_rng(seed)
+    block = max(1, _BOOTSTRAP_BLOCK // n)
+    sums = np.concatenate([
+        lat[rng.integers(0, n, size=(min(block, n_resamples - start), n))].sum(axis=1)
+        for start in range(0, n_resamples, block)
+    ])
+    values = sums / n if statistic == "mean" else n / sums
+    alpha = 1.0 - float(confidence)
+    low, high = np.percentile(values, [100.0 * alpha / 2, 100.0 * (1.0 - alpha / 2)])
+    return float(low), float(high)
+
+
+def stability(
+    latencies_s: Sequence[float] | np.ndarray, cv_threshold: float = 0.10, throttled: bool = False
+) -> tuple[bool, str]:
+    """``(stable, warning)``: unstable when the latency CV (std / mean, as ``summarize``) is above
+    ``cv_threshold`` or the device reported throttling; the warning is ``""`` when stable."""
+    if not (isinstance(cv_threshold, int | float) and math.isfinite(cv_threshold)
+            and cv_threshold >= 0):
+        raise ValueError(f"cv_threshold must be a finite number >= 0, got {cv_threshold!r}")
+    s = summarize(latencies_s)
+    problems = []
+    if s.latency_cv > cv_threshold:
+        problems.append(
+            f"latency CV {s.latency_cv:.3f} is above {cv_threshold:.3f} (std {s.latency_std_ms:.2f}"
+            f" ms, mean {s.latency_mean_ms:.2f} ms over {s.count} calls): the timings are noisy"
+        )
+    if throttled:
+        problems.append("the GPU reported thermal or power throttling while timed: clocks dropped")
+    if not problems:
+        return True, ""
+    return False, "unstable measurement: " + "; ".join(problems)
+
+
+def summarize_repeats(repeats: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for one value) of each metric across
+    repeated runs: ``{"<name>.mean": ..., "<name>.std": ...}``. A metric missing or NaN in some
+    repeats is summarized over the others; one that is never a number is left out."""
+    values: dict[str, list[float]] = {}
+    for metrics in repeats:
+        for name, value in metrics.items():
+            number = float(value)
+            if not math.isnan(number):
+                values.setdefault(name, []).append(number)
+            else:
+                values.setdefault(name, [])
+    out: dict[str, float] = {}
+    for name, numbers in values.items():
+        if not numbers:
+            continue
+        arr = np.asarray(numbers, dtype=np.float64)
+        out[f"{name}.mean"] = float(arr.mean())
+        out[f"{name}.std"] = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return out

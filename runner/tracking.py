@@ -63,6 +63,16 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag("mlflow.note.content", run_name)])
         return self.run_id
 
+    def find_finished(self, identity: str) -> str | None:
+        """The id of a FINISHED run in this experiment with tag detbench.identity, if any."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`detbench.identity` = '{identity}' and "
+                          "attributes.status = 'FINISHED'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
     def _id(self) -> str:
         if self.run_id is None:
             raise RuntimeError("no MLflow run started")

@@ -25,7 +25,8 @@ def test_default_composes_to_typed_config() -> None:
 
 def test_every_option_of_every_group_composes() -> None:
     for group in ("model", "resolution", "precision", "dataset", "benchmark", "tracking"):
-        for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
+        for path in sorted((CONF_DIR / group).rglob("*.yaml")):
+            option = path.relative_to(CONF_DIR / group).with_suffix("").as_posix()
             compose_job([f"{group}={option}"])
 
 
@@ -39,7 +40,7 @@ def test_schema_is_not_a_swept_option() -> None:
 def test_unknown_option_names_valid_choices() -> None:
     with pytest.raises(MissingConfigException) as err:
         compose_job(["model=nope"])
-    assert "nope" in str(err.value) and "demo" in str(err.value)
+    assert "nope" in str(err.value) and "efficientdet_d0" in str(err.value)
 
 
 def test_wrong_type_is_rejected_by_schema() -> None:
@@ -58,7 +59,8 @@ def test_wrong_type_is_rejected_by_schema() -> None:
         ("benchmark.sample_interval_s=0", "benchmark.sample_interval_s=0"),
         ("benchmark.percentile_method=p99", "choose one of"),
         ("dataset.split=test", "train, val"),
-        ("resolution=640x640", "valid: default, 256x256"),
+        ("benchmark.input_policy=squash", "native, seed"),
+        ("model.input_dtype=int8", "uint8, float32"),
     ],
 )
 def test_bad_values_name_value_and_valid(override: str, fragment: str) -> None:
@@ -78,3 +80,18 @@ def test_coco_files_paths_checked(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="dataset.images_dir"):
         _validate(["dataset=coco_files", f"dataset.images_dir={tmp_path / 'x'}",
                    f"dataset.annotations={tmp_path / 'a.json'}"])
+
+
+def test_unpublished_resolution_is_a_skip_not_an_error() -> None:
+    cfg = config.to_object(compose_job(["resolution=640x640"]))
+    config.validate(cfg)
+    reason = config.skip_reason(cfg)
+    assert reason and "640x640" in reason and "256x256" in reason
+    assert config.skip_reason(config.to_object(compose_job(["resolution=256x256"]))) is None
+
+
+def test_custom_outputs_need_keys() -> None:
+    with pytest.raises(config.ConfigError, match="output_keys.boxes is not set"):
+        _validate(["model.outputs=custom"])
+    _validate(["model.outputs=custom", "model.output_keys.boxes=b", "model.output_keys.classes=c",
+               "model.output_keys.scores=s"])

@@ -41,3 +41,46 @@ def test_zoo_adapter_errors_name_keys_and_shapes() -> None:
         signatures.zoo_outputs(bad)
     with pytest.raises(ValueError, match="valid"):
         signatures.adapter("tflite")
+
+
+def test_keypoint_and_mask_adapters_keep_extra_outputs() -> None:
+    out = _outputs(2)
+    out["detection_keypoints"] = np.zeros((1, 5, 17, 2), np.float32)
+    out["detection_keypoint_scores"] = np.ones((1, 5, 17), np.float32)
+    out["detection_masks"] = np.ones((1, 5, 33, 33), np.float32)
+    kp = signatures.adapter("zoo_keypoints")(out, (10, 10))
+    assert kp.keypoints is not None and kp.keypoints.shape == (2, 17, 2) and kp.masks is None
+    masks = signatures.adapter("zoo_masks")(out, (10, 10))
+    assert masks.masks is not None and masks.masks.shape == (2, 33, 33)
+
+
+def _centernet_outputs(with_keypoints: bool) -> dict[str, np.ndarray]:
+    """The exporter's reversed order: (num, scores, classes, boxes) or with keypoints first."""
+    boxes = np.array([[[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0, 0, 0, 0]]], np.float32)
+    scores = np.array([[0.9, 0.4, 0.0]], np.float32)
+    classes = np.array([[0.0, 2.0, 0.0]], np.float32)  # 0-based
+    num = np.array([2.0], np.float32)
+    parts = [num, scores, classes, boxes]
+    if with_keypoints:
+        parts = [np.ones((1, 3, 17), np.float32), np.zeros((1, 3, 17, 2), np.float32), *parts]
+    return {f"output_{i}": v for i, v in enumerate(parts)}
+
+
+@pytest.mark.parametrize("with_keypoints", [False, True])
+def test_centernet_tflite_outputs_are_mapped_by_shape_and_order(with_keypoints: bool) -> None:
+    det = signatures.adapter("centernet_tflite")(_centernet_outputs(with_keypoints), (512, 512))
+    assert len(det) == 2
+    np.testing.assert_array_equal(det.classes, [1, 3])  # 0-based + 1 = COCO ids
+    np.testing.assert_allclose(det.scores, [0.9, 0.4])
+    np.testing.assert_allclose(det.boxes[0], [0.1, 0.2, 0.5, 0.6])
+    assert (det.keypoints is not None) == with_keypoints
+
+
+def test_custom_adapter_pixels_xy_and_offset() -> None:
+    spec = signatures.OutputSpec(keys={"boxes": "b", "classes": "c", "scores": "s"},
+                                 box_format="pixels", box_order="xy", class_offset=1)
+    out = {"b": np.array([[[20.0, 10.0, 60.0, 50.0]]], np.float32),
+           "c": np.array([[4.0]], np.float32), "s": np.array([[0.5]], np.float32)}
+    det = signatures.adapter("custom", spec)(out, (100, 200))
+    np.testing.assert_allclose(det.boxes[0], [0.1, 0.1, 0.5, 0.3])
+    assert det.classes.tolist() == [5]

@@ -5,7 +5,15 @@ import math
 import numpy as np
 import pytest
 
-from runner.stats import PERCENTILE_METHODS, LatencyStats, summarize
+from runner import stats
+from runner.stats import (
+    PERCENTILE_METHODS,
+    LatencyStats,
+    bootstrap_ci,
+    stability,
+    summarize,
+    summarize_repeats,
+)
 
 MS = 1e-3
 
@@ -103,3 +111,109 @@ def test_unknown_method_raises_with_choices() -> None:
     with pytest.raises(ValueError, match="'interpolate'") as info:
         summarize([0.01], percentile_method="interpolate")
     assert "linear" in str(info.value) and "lower" in str(info.value)
+
+
+# -- bootstrap_ci ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("statistic, expected", [("mean", 0.02), ("throughput", 50.0)])
+def test_bootstrap_constant_latencies_give_zero_width(statistic: str, expected: float) -> None:
+    low, high = bootstrap_ci([0.02] * 50, statistic)
+    assert low == pytest.approx(expected) and high == pytest.approx(expected)
+    assert high - low == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bootstrap_two_values_hand_computed() -> None:
+    # Resamples of [a, b] have mean a (p 1/4), (a+b)/2 (p 1/2) or b (p 1/4): the 2.5 % and 97.5 %
+    # quantiles are a and b, the 30 % and 70 % quantiles both (a+b)/2.
+    a, b = 0.010, 0.030
+    assert bootstrap_ci([a, b], "mean", confidence=0.95) == pytest.approx((a, b))
+    assert bootstrap_ci([a, b], "mean", confidence=0.40) == pytest.approx((0.02, 0.02))
+    assert bootstrap_ci([a, b], "throughput", confidence=0.95) == pytest.approx((1 / b, 1 / a))
+    assert bootstrap_ci([a, b], "throughput", confidence=0.40) == pytest.approx((50.0, 50.0))
+
+
+def test_bootstrap_contains_estimate_and_narrows_with_confidence() -> None:
+    lat = np.array([12, 15, 11, 14, 30, 13, 12, 16, 11, 14], dtype=np.float64) * MS
+    mean, throughput = lat.mean(), lat.size / lat.sum()
+    wide = bootstrap_ci(lat, "mean", confidence=0.95)
+    narrow = bootstrap_ci(lat, "mean", confidence=0.80)
+    assert wide[0] < mean < wide[1]
+    assert wide[0] <= narrow[0] < mean < narrow[1] <= wide[1]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert lat.min() <= wide[0] and wide[1] <= lat.max()
+    t_low, t_high = bootstrap_ci(lat, "throughput")
+    assert t_low < throughput < t_high
+    # throughput = count / sum = 1 / mean, so its interval mirrors the mean's
+    assert (t_low, t_high) == pytest.approx((1 / wide[1], 1 / wide[0]))
+
+
+def test_bootstrap_deterministic_with_seed() -> None:
+    lat = np.linspace(1, 5, 17) * MS
+    assert bootstrap_ci(lat, seed=3) == bootstrap_ci(lat, seed=3)
+    assert bootstrap_ci(lat, seed=3) != bootstrap_ci(lat, seed=4)
+    assert bootstrap_ci(lat, n_resamples=1) == bootstrap_ci(lat, n_resamples=1)
+
+
+def test_bootstrap_chunked_resampling_is_the_same_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    lat = np.linspace(1, 5, 17) * MS
+    whole = bootstrap_ci(lat, n_resamples=300)
+    monkeypatch.setattr(stats, "_BOOTSTRAP_BLOCK", 17 * 7)  # 7 resamples per block
+    assert bootstrap_ci(lat, n_resamples=300) == whole
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"statistic": "median"}, "unknown statistic 'median'"),
+    ({"n_resamples": 0}, "n_resamples"),
+    ({"confidence": 1.0}, "confidence"),
+    ({"confidence": 0.0}, "confidence"),
+])
+def test_bootstrap_rejects_bad_arguments(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        bootstrap_ci([MS, 2 * MS], **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        bootstrap_ci([])
+
+
+# -- stability ------------------------------------------------------------------------------
+
+
+def test_stability_constant_is_stable_without_warning() -> None:
+    assert stability([10 * MS] * 5) == (True, "")
+
+
+def test_stability_noisy_latencies_warn_with_cv() -> None:
+    # [10, 20] ms: mean 15, sample std sqrt(50) = 7.07, CV 0.471
+    ok, text = stability([10 * MS, 20 * MS])
+    assert not ok
+    assert "CV 0.471 is above 0.100" in text and "mean 15.00 ms" in text
+    assert stability([10 * MS, 20 * MS], cv_threshold=0.5) == (True, "")
+
+
+def test_stability_throttling_is_reported_even_when_steady() -> None:
+    ok, text = stability([10 * MS] * 5, throttled=True)
+    assert not ok and "throttling" in text and "CV" not in text
+    ok, text = stability([10 * MS, 20 * MS], throttled=True)
+    assert not ok and "CV" in text and "throttling" in text
+
+
+def test_stability_rejects_bad_threshold() -> None:
+    with pytest.raises(ValueError, match="cv_threshold"):
+        stability([MS], cv_threshold=-0.1)
+
+
+# -- summarize_repeats ----------------------------------------------------------------------
+
+
+def test_summarize_repeats_mean_and_sample_std() -> None:
+    out = summarize_repeats([{"a": 1.0, "b": 2.0}, {"a": 3.0, "b": 2.0}, {"a": 5.0, "b": 2.0}])
+    assert out == pytest.approx({"a.mean": 3.0, "a.std": 2.0, "b.mean": 2.0, "b.std": 0.0})
+    assert list(out) == ["a.mean", "a.std", "b.mean", "b.std"]
+
+
+def test_summarize_repeats_single_missing_and_nan() -> None:
+    assert summarize_repeats([{"x": 4.0}]) == {"x.mean": 4.0, "x.std": 0.0}
+    out = summarize_repeats([{"x": 1.0, "y": float("nan")}, {"x": 2.0}, {"z": 7.0}])
+    assert out == pytest.approx({"x.mean": 1.5, "x.std": math.sqrt(0.5), "z.mean": 7.0,
+                                 "z.std": 0.0})
+    assert summarize_repeats([]) == {}
