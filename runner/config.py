@@ -56,10 +56,29 @@ class ResolutionConfig:
 
 
 @dataclass
+class TrtConfig:
+    """TF-TRT converter settings (tf.experimental.tensorrt.Converter); documented defaults."""
+
+    precision_mode: str = "FP32"  # FP32 | FP16 | INT8
+    max_workspace_size_bytes: int = 1 << 30
+    minimum_segment_size: int = 3  # the API default
+    maximum_cached_engines: int = 1
+    allow_build_at_runtime: bool = True
+    use_dynamic_shape: bool = False
+    dynamic_shape_profile_strategy: str = "Optimal"
+    calibration_images: int = 100  # INT8 only
+    # disjoint: images not scored (MLPerf's rule); seed: the first scored images (public table)
+    calibration_source: str = "disjoint"
+
+
+@dataclass
 class PrecisionConfig:
     name: str = "fp32"
     display_name: str = "Native FP32"  # the public table's "TF-TRT" column
-    backend: str = "native"
+    backend: str = "native"  # native | tftrt
+    amp: str = "none"  # native only: none | fp16 | bf16 (Grappler auto mixed precision)
+    xla: bool = False  # XLA JIT auto-clustering, a separate switch
+    trt: TrtConfig = field(default_factory=TrtConfig)
 
 
 @dataclass
@@ -72,6 +91,8 @@ class DatasetConfig:
     images_dir: str | None = None  # kind=coco: folder of images
     annotations: str | None = None  # kind=coco: instances_<split>.json
     keypoint_annotations: str | None = None  # kind=coco: person_keypoints_<split>.json
+    # INT8 calibration images come from this split (None: the split's images not scored)
+    calibration_split: str | None = None
     num_images: int | None = None  # None: all; else the first N by sorted image id
 
 
@@ -115,7 +136,10 @@ def register() -> None:
 
 MODEL_SOURCES = ("embedded", "zoo", "path")
 DATASET_KINDS = ("synthetic", "coco2017", "coco")
-BACKENDS = ("native",)
+BACKENDS = ("native", "tftrt")
+AMP_MODES = ("none", "fp16", "bf16")
+TRT_MODES = ("FP32", "FP16", "INT8")
+CALIBRATION_SOURCES = ("disjoint", "seed")
 OUTPUT_ADAPTERS = ("zoo", "zoo_keypoints", "zoo_masks", "centernet_tflite", "custom")
 INPUT_DTYPES = ("uint8", "float32")
 INPUT_POLICIES = ("native", "seed")
@@ -166,6 +190,16 @@ def validate(cfg: JobConfig | DictConfig) -> None:
                                   f"model.output_keys.{{{', '.join(ROLES[:3])}}} "
                                   "(num_detections optional)")
     _choice("precision.backend", cfg.precision.backend, BACKENDS)
+    _choice("precision.amp", cfg.precision.amp, AMP_MODES)
+    _choice("precision.trt.precision_mode", cfg.precision.trt.precision_mode, TRT_MODES)
+    _choice("precision.trt.calibration_source", cfg.precision.trt.calibration_source,
+            CALIBRATION_SOURCES)
+    _positive("precision.trt.calibration_images", cfg.precision.trt.calibration_images)
+    _positive("precision.trt.minimum_segment_size", cfg.precision.trt.minimum_segment_size)
+    _positive("precision.trt.max_workspace_size_bytes", cfg.precision.trt.max_workspace_size_bytes)
+    if cfg.precision.backend == "tftrt" and cfg.precision.amp != "none":
+        raise ConfigError("precision.amp applies to the native backend only; TF-TRT's precision "
+                          "is precision.trt.precision_mode")
     _choice("dataset.kind", data.kind, DATASET_KINDS)
     _choice("dataset.split", data.split, SPLITS)
     _choice("benchmark.percentile_method", bench.percentile_method, PERCENTILE_METHODS)

@@ -134,13 +134,40 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
         tracker.fail(exc)
         result.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         result.error = f"{type(exc).__name__}: {exc}"
-        log.error("job %s %s: %s", name, result.status, result.error)
+        log.debug("job %s %s: %s", name, result.status, result.error)
         if isinstance(exc, KeyboardInterrupt):
             raise
     return result
 
 
+def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[Any]:
+    """INT8 calibration images (written to calibration.json and logged with the run)."""
+    from dataclasses import replace
+
+    from runner import calibration
+
+    trt = cfg.precision.trt
+    if cfg.precision.backend != "tftrt" or trt.precision_mode != "INT8":
+        return []
+    candidates = dataset.images
+    if trt.calibration_source == "disjoint":
+        split = cfg.dataset.calibration_split
+        source = replace(cfg.dataset, split=split, num_images=None) if split else replace(
+            cfg.dataset, num_images=None)
+        candidates = data.load_dataset(source, cfg.cache_dir).images
+    chosen = calibration.select(candidates, dataset.images, trt.calibration_images,
+                                trt.calibration_source)
+    rows = [(r.image_id, str(r.path), r.width, r.height) for r in chosen]
+    (job_dir / "calibration.json").write_text(json.dumps(
+        {"source": trt.calibration_source, "count": len(rows), "images": rows}, indent=1))
+    return rows
+
+
 def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict[str, float]:
+    if cfg.precision.backend == "tftrt":  # fail at once, before any download
+        from runner.backends.tftrt import check_available
+
+        check_available()
     directory = model_dir(cfg)
     if not (directory / "saved_model.pb").is_file():
         raise FileNotFoundError(f"no SavedModel at {str(directory)!r} (saved_model.pb missing)")
@@ -150,7 +177,8 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
     assert isinstance(container, dict)
     spec = JobSpec(cfg={str(k): v for k, v in container.items()}, model_dir=str(directory),
                    dataset=dataset_dict(dataset),
-                   keypoint_annotations=str(keypoints) if keypoints else None)
+                   keypoint_annotations=str(keypoints) if keypoints else None,
+                   extra={"calibration": _calibration(cfg, dataset, job_dir)})
     spec.write(job_dir)
     if not cfg.benchmark.isolate:
         from runner.worker import execute
@@ -209,7 +237,8 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
         tracker.log_metrics(metrics)
     _log_samples(tracker, job_dir)
     names = ("config.yaml", "latencies.csv", "samples.csv", "detections.json", "keypoints.json",
-             "masks.json", "environment.json", "telemetry.json", "backend.json", "table_row.md")
+             "masks.json", "environment.json", "telemetry.json", "backend.json", "table_row.md",
+             "calibration.json")
     tracker.log_artifacts([job_dir / n for n in names if (job_dir / n).is_file()])
 
 

@@ -118,10 +118,32 @@ def _resize_target(cfg: JobConfig, input_shape: Sequence[int | None]) -> tuple[i
     return (int(h), int(w)) if h is not None and w is not None else None
 
 
-def _backend(cfg: JobConfig, model_dir: Path) -> Any:
-    from runner.backends import create
+def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
+    return [data.ImageRecord(int(r[0]), Path(r[1]), int(r[2]), int(r[3])) for r in rows]
 
-    return create(cfg, model_dir)
+
+def _backend(cfg: JobConfig, spec: JobSpec, gpus: Sequence[Mapping[str, Any]]) -> Any:
+    """The system under test. TF-TRT first learns the source's input spec, prepares the build
+    (and INT8 calibration) inputs off the timed path, then converts or takes the cached model."""
+    from runner.backends.native import NativeBackend
+
+    model_dir, m = Path(spec.model_dir), cfg.model
+    if cfg.precision.backend == "native":
+        return NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype,
+                             amp=cfg.precision.amp, xla=cfg.precision.xla)
+    from runner.backends import tftrt
+
+    tftrt.check_available()
+    source = NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype)
+    resize, dtype = _resize_target(cfg, source.input_shape), source.input_dtype
+    del source
+    dataset = spec.dataset_obj()
+    build = [p.tensor for p in data.prepare(dataset.images[:1], dtype, resize)]
+    calibration = [p.tensor for p in data.prepare(
+        _records(spec.extra.get("calibration", [])), dtype, resize)]
+    return tftrt.TrtBackend(model_dir, Path(cfg.cache_dir).expanduser() / "trt", m.signature,
+                            m.input_name, dtype, cfg.precision.trt,
+                            str(gpus[0].get("name")) if gpus else "none", build, calibration)
 
 
 def _adapter(cfg: JobConfig) -> Any:
@@ -147,6 +169,10 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
     from runner.telemetry import Sampler
 
     cfg, dataset = spec.job_config(), spec.dataset_obj()
+    if cfg.precision.xla:
+        from runner.backends.native import enable_xla_before_tf_import
+
+        enable_xla_before_tf_import()
     bench = cfg.benchmark
     timings: dict[str, float] = {"prepare_s": 0.0}
     sampler = Sampler(interval_s=bench.sample_interval_s, enabled=bench.telemetry)
@@ -160,9 +186,8 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
         (job_dir / "environment.json").write_text(json.dumps(env, indent=1))
         sampler.mark_phase("load")
         start = time.perf_counter()
-        backend = _backend(cfg, Path(spec.model_dir))
+        backend = _backend(cfg, spec, sampler.gpus)
         timings["load_s"] = time.perf_counter() - start
-        (job_dir / "backend.json").write_text(json.dumps(backend.describe(), indent=1))
         adapt = _adapter(cfg)
         resize = _resize_target(cfg, backend.input_shape)
         results = Results(truncate_boxes=bench.input_policy == "seed")
@@ -174,6 +199,9 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
             tensors = [p.tensor for p in data.prepare(chunk, backend.input_dtype, resize)]
             timings["prepare_s"] += time.perf_counter() - start
             if index == 0:
+                if hasattr(backend, "check_executed"):  # what ran, e.g. that AMP fired
+                    backend.check_executed(tensors[0])
+                (job_dir / "backend.json").write_text(json.dumps(backend.describe(), indent=1))
                 sampler.mark_phase("warmup")
                 start = time.perf_counter()
                 warm_up(backend.predict, tensors, bench.warmup)
@@ -204,8 +232,10 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
             {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
              "reason": sampler.reason, "errors": sampler.errors,
              "phases": sampler.phase_times()}, indent=1, default=str))
+    backend_metrics = backend.metrics() if hasattr(backend, "metrics") else {}
     return {"latencies": np.concatenate(latencies), "results": results, "timings": timings,
-            "telemetry": sampler.summary("timed", num_images=len(dataset.images))}
+            "telemetry": {**sampler.summary("timed", num_images=len(dataset.images)),
+                          **backend_metrics}}
 
 
 def evaluate(spec: JobSpec, measured: Mapping[str, Any], job_dir: Path) -> dict[str, float]:

@@ -1,0 +1,126 @@
+"""TF-TRT: convert a SavedModel with ``tf.experimental.tensorrt.Converter``, build its engines for
+the job's input shape, save, reload and time the converted serving signature (NativeBackend).
+
+Only TensorFlow builds with TensorRT can run this (NVIDIA's container; pip TensorFlow has none
+since 2.18): elsewhere ``check_available`` raises at once with how to get one. The conversion
+sequence follows shared/reference/zoo.md; converted models are cached (``trt_cache``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from runner.backends.native import NativeBackend, UnsupportedPrecision
+from runner.backends.trt_cache import CacheResult, ConversionCache, source_hash
+from runner.config import TrtConfig
+
+HOW_TO_GET_IT = ("run TF-TRT precisions in NVIDIA's TensorFlow container, e.g. "
+                 "make docker-bench ARGS=\"precision=trt_fp16\" (docker/README.md)")
+
+
+def versions() -> dict[str, str]:
+    """TensorFlow and TensorRT (linked, loaded) versions; 'none' where TensorRT is absent."""
+    import tensorflow as tf
+
+    out = {"tensorflow": tf.__version__, "tensorrt_linked": "none", "tensorrt_loaded": "none"}
+    try:
+        from tensorflow.compiler.tf2tensorrt import _pywrap_py_utils as utils
+
+        out["tensorrt_linked"] = ".".join(map(str, utils.get_linked_tensorrt_version()))
+        out["tensorrt_loaded"] = ".".join(map(str, utils.get_loaded_tensorrt_version()))
+    except Exception:  # noqa: BLE001 - any failure means: no usable TensorRT
+        pass
+    return out
+
+
+def check_available() -> dict[str, str]:
+    """Raise UnsupportedPrecision unless this TensorFlow has TensorRT and sees an NVIDIA GPU."""
+    import tensorflow as tf
+
+    info = versions()
+    built = bool(tf.sysconfig.get_build_info().get("is_tensorrt_build", False))
+    if not built or info["tensorrt_linked"] == "none":
+        raise UnsupportedPrecision(
+            f"TF-TRT is not available: TensorFlow {tf.__version__} here is not built with "
+            f"TensorRT (pip TensorFlow dropped TF-TRT after 2.17); {HOW_TO_GET_IT}")
+    if info["tensorrt_loaded"] == "none":
+        raise UnsupportedPrecision(
+            f"TF-TRT is not available: TensorFlow links TensorRT {info['tensorrt_linked']} but "
+            f"the TensorRT library could not be loaded; {HOW_TO_GET_IT}")
+    if not tf.config.list_physical_devices("GPU"):
+        raise UnsupportedPrecision(f"TF-TRT needs an NVIDIA GPU and TensorFlow sees none; "
+                                   f"{HOW_TO_GET_IT}")
+    return info
+
+
+def converter_kwargs(trt: TrtConfig) -> dict[str, Any]:
+    return {
+        "precision_mode": trt.precision_mode,
+        "max_workspace_size_bytes": int(trt.max_workspace_size_bytes),
+        "minimum_segment_size": int(trt.minimum_segment_size),
+        "maximum_cached_engines": int(trt.maximum_cached_engines),
+        "use_calibration": trt.precision_mode == "INT8",
+        "allow_build_at_runtime": bool(trt.allow_build_at_runtime),
+        "use_dynamic_shape": bool(trt.use_dynamic_shape),
+        "dynamic_shape_profile_strategy": trt.dynamic_shape_profile_strategy,
+    }
+
+
+def count_segments(graph_def: Any) -> dict[str, float]:
+    """TRTEngineOp nodes (engine segments) and the nodes left to TensorFlow, functions included."""
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes += list(function.node_def)
+    engines = sum(1 for n in nodes if n.op == "TRTEngineOp")
+    return {"segments": float(engines), "tf_nodes": float(len(nodes) - engines)}
+
+
+def convert(source: Path, target: Path, signature: str, trt: TrtConfig,
+            build_inputs: Sequence[Any], calibration_inputs: Sequence[Any]) -> dict[str, float]:
+    """convert(calibration for INT8) -> build(the job's input shape) -> save(target)."""
+    import tensorflow as tf
+
+    converter = tf.experimental.tensorrt.Converter(
+        input_saved_model_dir=str(source), input_saved_model_signature_key=signature,
+        **converter_kwargs(trt))
+    if trt.precision_mode == "INT8":
+        converter.convert(calibration_input_fn=lambda: ((x,) for x in calibration_inputs))
+    else:
+        converter.convert()
+    converter.build(input_fn=lambda: ((x,) for x in build_inputs))
+    converter.save(str(target))
+    graph_def = converter._converted_graph_def  # the converted GraphDef (no public accessor)
+    return count_segments(graph_def)
+
+
+class TrtBackend:
+    """The converted model, timed like any SavedModel; ``describe`` says how it was made."""
+
+    def __init__(self, source: Path, cache_root: Path, signature: str, input_name: str,
+                 input_dtype: str, trt: TrtConfig, gpu_name: str,
+                 build_inputs: Sequence[Any], calibration_inputs: Sequence[Any]) -> None:
+        info = check_available()
+        shape = [int(d) for d in build_inputs[0].shape]
+        ingredients = {"source_sha256": source_hash(source), **converter_kwargs(trt),
+                       "calibration_images": len(calibration_inputs) if trt.precision_mode ==
+                       "INT8" else 0, "input_shape": shape, "signature": signature,
+                       "tensorflow": info["tensorflow"], "tensorrt": info["tensorrt_loaded"],
+                       "gpu": gpu_name}
+        self.result: CacheResult = ConversionCache(cache_root).get_or_convert(
+            ingredients, lambda out: convert(source, out, signature, trt, build_inputs,
+                                             calibration_inputs))
+        self.native = NativeBackend(self.result.path, signature, input_name, input_dtype)
+        self.input_dtype, self.input_shape = self.native.input_dtype, self.native.input_shape
+
+    def predict(self, image: Any) -> Mapping[str, Any]:
+        return self.native.predict(image)
+
+    def metrics(self) -> dict[str, float]:
+        return {f"trt.{k}": v for k, v in self.result.stats.items()} | {
+            "trt.cache_hit": float(self.result.hit)}
+
+    def describe(self) -> dict[str, str]:
+        return {**self.native.describe(), "backend": "tftrt", "trt_cache_key": self.result.key,
+                "trt_cache_hit": str(self.result.hit).lower()}
