@@ -38,3 +38,50 @@ def build(directory: Path, behaviour: str) -> Path:
     module = _Fixture(behaviour)
     tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
     return directory
+
+
+#: The one object every contract fixture detects: normalized [ymin, xmin, ymax, xmax].
+BOX = (0.25, 0.25, 0.75, 0.75)
+#: Its 17 keypoints, normalized (y, x), inside the box.
+KEYPOINTS = tuple((0.3 + 0.025 * k, 0.3 + 0.02 * k) for k in range(17))
+CONTRACTS = ("keypoints", "masks", "centernet_tflite")
+
+
+class _Contract(tf.Module):
+    """Constant outputs in one of the zoo's output contracts (100 rows, 1 valid)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        spec = (tf.TensorSpec([1, 512, 512, 3], tf.float32, name="input")
+                if kind == "centernet_tflite"
+                else tf.TensorSpec([1, None, None, 3], tf.uint8, name="input_tensor"))
+        self.serve = tf.function(self._serve, input_signature=[spec])
+
+    def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        zero = 0.0 * tf.reduce_mean(tf.cast(image, tf.float32))
+        pad = [[0, 0], [0, 99], [0, 0]]
+        boxes = tf.pad(tf.constant([[BOX]], tf.float32), pad) + zero
+        scores = tf.pad(tf.constant([[0.95]]), [[0, 0], [0, 99]])
+        classes = tf.zeros([1, 100]) if self.kind == "centernet_tflite" else tf.ones([1, 100])
+        keypoints = tf.tile(tf.constant([[KEYPOINTS]], tf.float32), [1, 100, 1, 1])
+        kp_scores = tf.ones([1, 100, 17])
+        num = tf.constant([1.0])
+        if self.kind == "centernet_tflite":  # the exporter's reversed, generic outputs
+            parts = [kp_scores, keypoints, num, scores, classes, boxes]
+            return {f"output_{i}": t for i, t in enumerate(parts)}
+        out = {"detection_boxes": boxes, "detection_classes": classes,
+               "detection_scores": scores, "num_detections": num}
+        if self.kind == "keypoints":
+            out |= {"detection_keypoints": keypoints, "detection_keypoint_scores": kp_scores}
+        else:
+            out["detection_masks"] = tf.ones([1, 100, 33, 33])
+        return out
+
+
+def build_contract(directory: Path, kind: str) -> Path:
+    if kind not in CONTRACTS:
+        raise ValueError(f"kind={kind!r}; valid: {CONTRACTS}")
+    module = _Contract(kind)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": module.serve})
+    return directory
