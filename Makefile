@@ -13,7 +13,7 @@ MLFLOW_PORT ?= 5000
 .PHONY: help install bench test lint typecheck mlflow-ui train-demo clean
 
 help: ## Show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
@@ -42,3 +42,5 @@ train-demo: install ## Retrain the shipped demo detector (about 20 minutes on 2 
 
 clean: ## Remove outputs and the local MLflow store (keeps .venv)
 	rm -rf outputs multirun mlflow.db mlartifacts mlruns
+
+include docker/docker.mk

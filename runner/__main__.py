@@ -25,8 +25,15 @@ def main(cfg: DictConfig) -> dict[str, str | None]:
     from pathlib import Path
 
     from runner import job, report
+    from runner.tracking import TrackingUnavailable, check_reachable, resolve_uri
 
     hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.RUN:
+        try:
+            check_reachable(resolve_uri(cfg.tracking.uri))
+        except TrackingUnavailable as exc:
+            print(f"detbench: {exc}", file=sys.stderr)
+            sys.exit(2)
     try:
         result = job.run(cfg, dict(hydra_cfg.runtime.choices), Path(hydra_cfg.runtime.output_dir))
     except config.ConfigError as exc:

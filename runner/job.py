@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,6 +33,8 @@ MAX_SERIES_POINTS = 1000  # per sampled quantity logged as an MLflow time series
 NOT_IDENTITY = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
                 "cache_dir")
 PARENT_ENV = "DETBENCH_PARENT_RUN_ID"
+OUTCOME = "outcome.json"  # the job's status, error and traceback, written before logging
+PUBLISHED = "published.json"  # written once the job directory is logged to MLflow
 
 
 class JobFailed(RuntimeError):
@@ -90,54 +93,99 @@ def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
     return params
 
 
+def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, str], key: str,
+                    output_dir: Path) -> tuple[Any, str | None]:
+    """(tracker with a started run, None) or, with the server gone mid-sweep, (None, a skip
+    reason when the job already FINISHED). Writes tracking.json for runner.sync either way."""
+    from mlflow.exceptions import MlflowException
+
+    from runner.tracking import Tracker, TrackingUnavailable, resolve_uri
+
+    name = run_name(job_cfg)
+    tags = {"detbench.model": job_cfg.model.name, "detbench.precision": job_cfg.precision.name,
+            "detbench.resolution": config.nominal_resolution(job_cfg),
+            "detbench.dataset": job_cfg.dataset.display_name, "detbench.identity": key,
+            "detbench.input_policy": job_cfg.benchmark.input_policy,
+            "detbench.job_dir": str(output_dir.resolve())}
+    if os.environ.get(PARENT_ENV):
+        tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
+    params = _params(cfg, choices)
+    record = {"uri": resolve_uri(job_cfg.tracking.uri), "experiment": job_cfg.tracking.experiment,
+              "name": name, "params": params, "tags": tags, "run_id": None}
+    tracker: Any = None
+    try:
+        tracker = Tracker(job_cfg.tracking.uri, job_cfg.tracking.experiment)
+        tracker.reap_orphans()
+        done = None if job_cfg.benchmark.rerun else tracker.find_finished(key)
+        if done:
+            return None, (f"already measured: FINISHED run {done} has the same config "
+                          "(benchmark.rerun=true measures it again)")
+        record["run_id"] = tracker.start(name, params, tags)
+    except (TrackingUnavailable, MlflowException, OSError) as exc:
+        log.warning("tracking unavailable, results stay in %s (python -m runner.sync uploads "
+                    "them later): %s", output_dir, exc)
+        tracker = None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "tracking.json").write_text(json.dumps(record, indent=1))
+    return tracker, None
+
+
 def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobResult:
     """Run one job; raises ConfigError (before any model loads) for bad input."""
-    from runner.tracking import Tracker, resolve_uri
+    from runner.tracking import resolve_uri
 
     job_cfg = config.to_object(cfg)
     config.validate(job_cfg)
     name = run_name(job_cfg)
+    uri = resolve_uri(job_cfg.tracking.uri)
     reason = config.skip_reason(job_cfg)
     if reason:
-        return JobResult("SKIPPED", None, resolve_uri(job_cfg.tracking.uri), error=reason,
-                         name=name)
-    tracker = Tracker(job_cfg.tracking.uri, job_cfg.tracking.experiment)
-    key = identity(cfg)
-    if not job_cfg.benchmark.rerun:
-        done = tracker.find_finished(key)
-        if done:
-            return JobResult("SKIPPED", done, tracker.uri, name=name,
-                             error=f"already measured: FINISHED run {done} has the same config "
-                                   "(benchmark.rerun=true measures it again)")
-    tags = {"detbench.model": job_cfg.model.name, "detbench.precision": job_cfg.precision.name,
-            "detbench.resolution": config.nominal_resolution(job_cfg),
-            "detbench.dataset": job_cfg.dataset.display_name, "detbench.identity": key,
-            "detbench.input_policy": job_cfg.benchmark.input_policy}
-    if os.environ.get(PARENT_ENV):
-        tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
-    tracker.start(name, _params(cfg, choices), tags)
-    result = JobResult("RUNNING", tracker.run_id, tracker.uri, ui_link=tracker.ui_link(),
-                       experiment_id=tracker.experiment_id, name=name)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        return JobResult("SKIPPED", None, uri, error=reason, name=name)
+    tracker, skip = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir)
+    if skip:
+        return JobResult("SKIPPED", None, uri, error=skip, name=name)
+    result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
+                       ui_link=tracker.ui_link() if tracker else None,
+                       experiment_id=tracker.experiment_id if tracker else None)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    interrupted = False
     try:
-        metrics = _acquire_and_measure(job_cfg, cfg, output_dir)
-        result.metrics = metrics
+        result.metrics = _acquire_and_measure(job_cfg, cfg, output_dir)
         result.row = table.row(job_cfg.model.display_name, config.nominal_resolution(job_cfg),
-                               job_cfg.precision.display_name, metrics)
+                               job_cfg.precision.display_name, result.metrics)
         (output_dir / "table_row.md").write_text(table.markdown([result.row]) + "\n")
-        _log_outputs(tracker, output_dir, metrics)
-        tracker.finish()
-        result.status = "FINISHED"
+        outcome = {"status": "FINISHED"}
     except (Exception, KeyboardInterrupt) as exc:
-        _log_outputs(tracker, output_dir, None)
-        tracker.fail(exc)
-        result.status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        result.error = f"{type(exc).__name__}: {exc}"
-        log.debug("job %s %s: %s", name, result.status, result.error)
-        if isinstance(exc, KeyboardInterrupt):
-            raise
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        outcome = {"status": "KILLED" if interrupted else "FAILED",
+                   "error": f"{type(exc).__name__}: {exc}",
+                   "traceback": "".join(traceback.format_exception(exc))}
+        log.debug("job %s %s: %s", name, outcome["status"], outcome["error"])
+    (output_dir / OUTCOME).write_text(json.dumps(outcome, indent=1))
+    result.status, result.error = outcome["status"], outcome.get("error")
+    if tracker is not None:
+        try:
+            publish(output_dir, tracker)
+        except Exception as exc:  # the server went away mid-job: keep the files for sync
+            log.warning("could not log to %s (%s); results kept in %s: upload them with "
+                        "python -m runner.sync %s", uri, exc, output_dir, output_dir)
+    if interrupted:
+        raise KeyboardInterrupt
     return result
+
+
+def publish(job_dir: Path, tracker: Any) -> None:
+    """Log a job directory's results to the tracker's run and end it with the job's outcome;
+    ``published.json`` marks the directory done (runner.sync skips it)."""
+    outcome = json.loads((job_dir / OUTCOME).read_text())
+    metrics_file = job_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if outcome["status"] == "FINISHED" else None
+    _log_outputs(tracker, job_dir, metrics)
+    if outcome["status"] == "FINISHED":
+        tracker.finish()
+    else:
+        tracker.end(outcome["status"], outcome.get("error"), outcome.get("traceback"))
+    (job_dir / PUBLISHED).write_text(json.dumps({"run_id": tracker.run_id, "uri": tracker.uri}))
 
 
 def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[Any]:
@@ -180,11 +228,16 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
                    keypoint_annotations=str(keypoints) if keypoints else None,
                    extra={"calibration": _calibration(cfg, dataset, job_dir)})
     spec.write(job_dir)
-    if not cfg.benchmark.isolate:
-        from runner.worker import execute
+    from runner.gpu_lock import exclusive_gpu
 
-        return execute(job_dir)
-    run_child(job_dir, cfg.benchmark.timeout_s)
+    # never two timed jobs on one GPU: hold its lock for the measured part
+    with exclusive_gpu(cfg.cache_dir, timeout_s=None, in_process=not cfg.benchmark.isolate) as slot:
+        log.info("measuring on %s", slot.name)
+        if not cfg.benchmark.isolate:
+            from runner.worker import execute
+
+            return execute(job_dir)
+        run_child(job_dir, cfg.benchmark.timeout_s)
     metrics = json.loads((job_dir / "metrics.json").read_text())
     assert isinstance(metrics, dict)
     return metrics

@@ -31,6 +31,16 @@ class SweepSummary(Callback):
     def __init__(self) -> None:
         self.jobs: list[dict[str, str]] = []
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Refuse to start a sweep whose tracking server is down, before any model loads."""
+        from runner.tracking import TrackingUnavailable, check_reachable, resolve_uri
+
+        try:
+            check_reachable(resolve_uri(config.tracking.uri))
+        except TrackingUnavailable as exc:
+            print(f"detbench: sweep not started: {exc}", file=sys.stderr)
+            sys.exit(2)
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         self.jobs.append(outcome(job_return))
 

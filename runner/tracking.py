@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import socket
 import tempfile
 import time
 import traceback
@@ -17,6 +19,52 @@ from omegaconf import DictConfig, OmegaConf
 DEFAULT_URI = "sqlite:///mlflow.db"
 UI_HOST = "http://127.0.0.1:5000"
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call
+RETRY_S = 120.0  # how long a store call is retried while SQLite reports "database is locked"
+# A dead tracking server should fail a call in seconds, not after MLflow's default ~2 minutes.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server does not answer; the message says which and what to do."""
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """For an HTTP tracking URI, GET /health once (fast) instead of MLflow's long retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as reply:
+            if reply.status == 200:
+                return
+            problem = f"HTTP {reply.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingUnavailable(
+        f"the MLflow tracking server at {uri} is not reachable ({problem}); start it "
+        "(make docker-mlflow, or mlflow server) or choose another store with tracking.uri=... "
+        "or MLFLOW_TRACKING_URI")
+
+
+def _transient(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def retrying(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a store operation, retrying with backoff while SQLite is locked by another writer."""
+    delay, deadline = 0.05, time.monotonic() + RETRY_S
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if not _transient(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def resolve_uri(configured: str | None) -> str:
@@ -38,6 +86,36 @@ def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, 
     return flat
 
 
+class _Retrying:
+    """An MlflowClient whose calls are retried while SQLite is locked (two sweeps, one store)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        return functools.partial(retrying, attr) if callable(attr) else attr
+
+
+def process_identity() -> dict[str, str]:
+    """Tags that let a later run tell whether the process behind a RUNNING run is still alive."""
+    import psutil
+
+    me = psutil.Process()
+    return {"detbench.host": socket.gethostname(), "detbench.pid": str(me.pid),
+            "detbench.pid_start": f"{me.create_time():.3f}"}
+
+
+def _alive(tags: Mapping[str, str]) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(int(tags["detbench.pid"]))
+        return abs(proc.create_time() - float(tags["detbench.pid_start"])) < 1.0
+    except (KeyError, ValueError, psutil.Error):
+        return False
+
+
 class Tracker:
     """A single MLflow run: params, tags, metrics, time series, artifacts, terminal status."""
 
@@ -45,23 +123,55 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment)
-        )
+        check_reachable(self.uri)
+        self.client: Any = _Retrying(MlflowClient(tracking_uri=self.uri))
+        self.experiment_id = self._experiment(experiment)
         self.run_id: str | None = None
+
+    def _experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found:
+            return str(found.experiment_id)
+        try:
+            return str(self.client.create_experiment(name))
+        except Exception:  # another process created it first
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return str(found.experiment_id)
+
+    def reap_orphans(self) -> list[str]:
+        """End as FAILED every RUNNING run of this host whose process is gone (a killed sweep)."""
+        host = socket.gethostname()
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`detbench.host` = '{host}'")
+        reaped = []
+        for run in runs:
+            if _alive(run.data.tags):
+                continue
+            reason = (f"orphaned: the process that ran it (pid {run.data.tags.get('detbench.pid')}"
+                      f" on {host}) ended without closing it, e.g. killed with SIGKILL")
+            self.client.set_tag(run.info.run_id, "error", reason)
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            reaped.append(run.info.run_id)
+        return reaped
 
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
         from mlflow.entities import Param, RunTag
 
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        all_tags = {**tags, **process_identity()}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         items = [Param(k, v[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
         self.client.log_batch(self.run_id, tags=[RunTag("mlflow.note.content", run_name)])
         return self.run_id
+
+    def attach(self, run_id: str) -> None:
+        """Continue logging to an existing run (runner.sync)."""
+        self.run_id = run_id
 
     def find_finished(self, identity: str) -> str | None:
         """The id of a FINISHED run in this experiment with tag detbench.identity, if any."""
@@ -73,6 +183,11 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
+    def find_by_tag(self, key: str, value: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string=f"tags.`{key}` = '{value}'", max_results=1)
+        return runs[0].info.run_id if runs else None
+
     def _id(self) -> str:
         if self.run_id is None:
             raise RuntimeError("no MLflow run started")
@@ -81,7 +196,9 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self._id(), tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self._id(), tags=items[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
@@ -109,16 +226,22 @@ class Tracker:
     def log_text(self, text: str, name: str) -> None:
         self.client.log_text(self._id(), text, name)
 
+    def end(self, status: str, error: str | None = None, traceback_text: str | None = None) -> None:
+        """Terminal status; FAILED/KILLED runs get tag ``error`` and ``error/traceback.txt``."""
+        try:
+            if error:
+                self.set_tags({"error": error})
+            if traceback_text:
+                self.log_text(traceback_text, "error/traceback.txt")
+        finally:
+            self.client.set_terminated(self._id(), status)
+
     def fail(self, exc: BaseException) -> None:
         """End the run as FAILED (KILLED for an interrupt) with the error and its traceback."""
         if self.run_id is None:
             return
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        try:
-            self.set_tags({"error": f"{type(exc).__name__}: {exc}"[:5000]})
-            self.log_text("".join(traceback.format_exception(exc)), "error/traceback.txt")
-        finally:
-            self.client.set_terminated(self.run_id, status)
+        self.end(status, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
 
     def finish(self) -> None:
         self.client.set_terminated(self._id(), "FINISHED")

@@ -202,6 +202,8 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
                 if hasattr(backend, "check_executed"):  # what ran, e.g. that AMP fired
                     backend.check_executed(tensors[0])
                 (job_dir / "backend.json").write_text(json.dumps(backend.describe(), indent=1))
+                first = tensors[0]  # outputs checked against the contract before any timing
+                adapt(backend.predict(first), (int(first.shape[1]), int(first.shape[2])))
                 sampler.mark_phase("warmup")
                 start = time.perf_counter()
                 warm_up(backend.predict, tensors, bench.warmup)
