@@ -10,7 +10,7 @@ MLFLOW_URI ?= sqlite:///mlflow.db
 MLFLOW_PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install bench test lint typecheck mlflow-ui train-demo clean
+.PHONY: help install bench test lint mlflow-ui table sync perf train-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -37,10 +37,16 @@ lint: install ## ruff and mypy
 mlflow-ui: install ## Open the MLflow UI on the local store (http://127.0.0.1:$(MLFLOW_PORT))
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
+table: install ## Export MLflow runs to results/ (table.md, table.csv, plots); e.g. make table ARGS="--parent RUN_ID --extra p90,ci"
+	$(PY) -m runner.export $(ARGS)
+
+sync: install ## Upload job directories that could not be logged (tracking server was down)
+	$(PY) -m runner.sync $(ARGS)
+
 train-demo: install ## Retrain the shipped demo detector (about 20 minutes on 2 cores)
 	$(PY) -m runner.demo.train --out runner/demo/assets/demo_centernet
 
 clean: ## Remove outputs and the local MLflow store (keeps .venv)
-	rm -rf outputs multirun mlflow.db mlartifacts mlruns
+	rm -rf outputs multirun mlflow.db mlartifacts mlruns results
 
 include docker/docker.mk

@@ -38,7 +38,10 @@ def main(cfg: DictConfig) -> dict[str, str | None]:
         result = job.run(cfg, dict(hydra_cfg.runtime.choices), Path(hydra_cfg.runtime.output_dir))
     except config.ConfigError as exc:
         print(f"detbench: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        if hydra_cfg.mode == RunMode.RUN:
+            sys.exit(2)
+        return {"status": "FAILED", "name": "", "error": f"configuration error: {exc}",
+                "run_id": None}
     report.print_result(result)
     if result.status not in ("FINISHED", "SKIPPED") and hydra_cfg.mode == RunMode.RUN:
         sys.exit(1)

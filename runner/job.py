@@ -52,6 +52,7 @@ class JobResult:
     ui_link: str | None = None
     experiment_id: str | None = None
     name: str = ""
+    pending_dir: Path | None = None  # set when results could not be logged (runner.sync them)
 
 
 def model_dir(cfg: JobConfig) -> Path:
@@ -163,12 +164,14 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
         log.debug("job %s %s: %s", name, outcome["status"], outcome["error"])
     (output_dir / OUTCOME).write_text(json.dumps(outcome, indent=1))
     result.status, result.error = outcome["status"], outcome.get("error")
-    if tracker is not None:
-        try:
-            publish(output_dir, tracker)
-        except Exception as exc:  # the server went away mid-job: keep the files for sync
-            log.warning("could not log to %s (%s); results kept in %s: upload them with "
-                        "python -m runner.sync %s", uri, exc, output_dir, output_dir)
+    try:
+        if tracker is None:
+            raise ConnectionError("the tracking server was unreachable when the job started")
+        publish(output_dir, tracker)
+    except Exception as exc:  # the server went away: keep the files for runner.sync
+        result.pending_dir = output_dir
+        log.warning("could not log to %s (%s); results kept in %s: upload them with "
+                    "python -m runner.sync %s", uri, exc, output_dir, output_dir)
     if interrupted:
         raise KeyboardInterrupt
     return result
@@ -243,9 +246,21 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
     return metrics
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL it when the parent dies, so a killed sweep
+    leaves no worker running on behind it."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def run_child(job_dir: Path, timeout_s: float) -> None:
     """``python -m runner.worker job_dir`` in a fresh process; raises JobFailed with the reason."""
-    child = subprocess.Popen([sys.executable, "-m", "runner.worker", str(job_dir)])
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    child = subprocess.Popen([sys.executable, "-m", "runner.worker", str(job_dir)],
+                             preexec_fn=preexec)  # noqa: PLW1509 - only prctl, no locks
     try:
         code = child.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:

@@ -35,6 +35,10 @@ def print_result(result: JobResult) -> None:
         return
     else:
         print(f"\njob {result.status}: {result.error}")
+    if result.pending_dir is not None:
+        print(f"NOT logged to {result.tracking_uri}: results kept in {result.pending_dir}; "
+              f"upload them with: python -m runner.sync {result.pending_dir}")
+        return
     print(f"MLflow run {result.run_id} ({result.status}) in {result.tracking_uri}")
     if result.tracking_uri.startswith("sqlite:"):
         print(f"  browse: make mlflow-ui, then open {result.ui_link}")

@@ -43,10 +43,13 @@ def row(model: str, resolution: str, precision: str,
     return out
 
 
-def markdown(rows: Sequence[Mapping[str, str]], columns: Sequence[str] = COLUMNS) -> str:
-    """A GitHub markdown table: text columns left-aligned, numbers right-aligned."""
-    widths = [max(len(c), *(len(r.get(c, "")) for r in rows)) for c in columns]
-    left = {"Model", "Input", "TF-TRT"}
+TEXT_COLUMNS = frozenset({"Model", "Input", "TF-TRT", "Environment"})
+
+
+def markdown(rows: Sequence[Mapping[str, str]], columns: Sequence[str] = COLUMNS,
+             left: frozenset[str] = TEXT_COLUMNS) -> str:
+    """A GitHub markdown table: text columns (``left``) left-aligned, numbers right-aligned."""
+    widths = [max([len(c), *(len(r.get(c, "")) for r in rows)]) for c in columns]
 
     def fmt(values: Sequence[str]) -> str:
         cells = [v.ljust(w) if c in left else v.rjust(w)

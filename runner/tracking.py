@@ -86,6 +86,18 @@ def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, 
     return flat
 
 
+def _store_init_lock(uri: str) -> Any:
+    """Serialize first use of an SQLite store: two processes creating its tables at once fail."""
+    import contextlib
+
+    from filelock import FileLock
+
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).expanduser()
+    return FileLock(str(path.parent.resolve() / f".{path.name}.init.lock"))
+
+
 class _Retrying:
     """An MlflowClient whose calls are retried while SQLite is locked (two sweeps, one store)."""
 
@@ -95,6 +107,18 @@ class _Retrying:
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
         return functools.partial(retrying, attr) if callable(attr) else attr
+
+
+def client(uri: str | None = None) -> Any:
+    """An MlflowClient for ``uri`` (resolved as the runner does), safe for concurrent use of one
+    SQLite store: its first use is serialized and "database is locked" is retried."""
+    from mlflow.tracking import MlflowClient
+
+    resolved = resolve_uri(uri)
+    with _store_init_lock(resolved):
+        wrapped = _Retrying(MlflowClient(tracking_uri=resolved))
+        wrapped.search_experiments(max_results=1)  # creates a new store's tables, under the lock
+    return wrapped
 
 
 def process_identity() -> dict[str, str]:
@@ -124,8 +148,9 @@ class Tracker:
 
         self.uri = resolve_uri(uri)
         check_reachable(self.uri)
-        self.client: Any = _Retrying(MlflowClient(tracking_uri=self.uri))
-        self.experiment_id = self._experiment(experiment)
+        with _store_init_lock(self.uri):  # the first use creates a new SQLite store's tables
+            self.client: Any = _Retrying(MlflowClient(tracking_uri=self.uri))
+            self.experiment_id = self._experiment(experiment)
         self.run_id: str | None = None
 
     def _experiment(self, name: str) -> str:

@@ -5,24 +5,20 @@ started here with the flags of docker/compose.yaml."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hydra import compose, initialize_config_dir
+
+from tests import servers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
 
 
 def _compose(overrides: list[str]) -> Any:
@@ -62,7 +58,7 @@ def test_slurm_preset_is_overridable_and_passes_the_tracking_uri(
         "ALL,MLFLOW_TRACKING_URI=http://tracker.example:5000")
 
 
-def test_slurm_sweep_submits_one_gpu_per_job(tmp_path: Path) -> None:
+def test_slurm_sweep_submits_one_gpu_per_job(tmp_path: Path, mlflow_server: str) -> None:
     """The whole path to sbatch, with a stand-in sbatch that keeps the batch script and fails."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -73,7 +69,7 @@ def test_slurm_sweep_submits_one_gpu_per_job(tmp_path: Path) -> None:
         tool.chmod(0o755)
     script = tmp_path / "batch.sh"
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-           "SBATCH_SCRIPT_COPY": str(script), "MLFLOW_TRACKING_URI": "http://tracker.example:5000"}
+           "SBATCH_SCRIPT_COPY": str(script), "MLFLOW_TRACKING_URI": mlflow_server}
     proc = subprocess.run(
         [sys.executable, "-m", "runner", "-m", "hydra/launcher=slurm", "benchmark.warmup=1,2",
          "hydra.launcher.partition=gpu", "hydra.launcher.array_parallelism=1",
@@ -86,81 +82,25 @@ def test_slurm_sweep_submits_one_gpu_per_job(tmp_path: Path) -> None:
                      "#SBATCH --nodes=1", "#SBATCH --partition=gpu", "#SBATCH --cpus-per-task=8",
                      "#SBATCH --mem=64GB", "#SBATCH --array=0-1%1", "#SBATCH --time=120",
                      "#SBATCH --job-name=detbench",
-                     "#SBATCH --export=ALL,MLFLOW_TRACKING_URI=http://tracker.example:5000",
+                     f"#SBATCH --export=ALL,MLFLOW_TRACKING_URI={mlflow_server}",
                      "module load cuda/12.8"):
         assert expected in lines, f"{expected!r} not in the batch script:\n" + "\n".join(lines)
 
 
 # --- a real MLflow server and a real submitit_local sweep --------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def server_command(port: int, store: Path) -> list[str]:
-    """docker/compose.yaml's MLflow command, bound to 127.0.0.1:port with its store in ``store``."""
-    command = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["mlflow"]["command"]
-    assert command[:2] == ["mlflow", "server"]
-    local = {"--host": "127.0.0.1", "--port": str(port),
-             "--backend-store-uri": f"sqlite:///{store / 'mlflow.db'}",
-             "--artifacts-destination": str(store / "artifacts")}
-    args = []
-    for arg in command[2:]:
-        name = arg.split("=", 1)[0]
-        args.append(f"{name}={local[name]}" if name in local else arg)
-    return [str(Path(sys.executable).with_name("mlflow")), "server", *args, "--workers=1"]
-
-
-def _get(url: str, host: str | None = None) -> int:
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    store = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    log = (store / "server.log").open("w")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job workers
-    server = subprocess.Popen(server_command(port, store), stdout=log, stderr=subprocess.STDOUT,
-                              env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if _get(f"{url}/health") == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not come up:\n"
-                                   + (store / "server.log").read_text()[-3000:])
-            time.sleep(0.25)
+    with servers.mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
         yield url
-    finally:
-        for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-            try:
-                os.killpg(server.pid, sig)
-                server.wait(timeout=wait_s)
-                break
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                continue
-        log.close()
 
 
 def test_server_accepts_the_compose_host_names_only(mlflow_server: str) -> None:
     api = f"{mlflow_server}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert _get(api, host="mlflow:5000") == 200  # the bench container
-    assert _get(api, host="localhost:5000") == 200  # a browser on the host
-    assert _get(api) == 200  # 127.0.0.1:<port>
-    assert _get(api, host="attacker.example") == 403
+    assert servers.http_status(api, host="mlflow:5000") == 200  # the bench container
+    assert servers.http_status(api, host="localhost:5000") == 200  # a browser on the host
+    assert servers.http_status(api) == 200  # 127.0.0.1:<port>
+    assert servers.http_status(api, host="attacker.example") == 403
 
 
 @pytest.fixture(scope="module")

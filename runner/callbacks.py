@@ -1,0 +1,195 @@
+"""Hydra callbacks. :class:`SweepParentRun` gives a sweep (``python -m runner -m ...``) a parent
+MLflow run: each job's run carries the tag ``mlflow.parentRunId`` (runner/job.py reads the id
+from ``$DETBENCH_PARENT_RUN_ID``, set here before the first job; an environment variable reaches
+jobs run in this process by the basic launcher and in child processes by submitit), and at the end
+the parent gets the sweep's status and its children's table and plots (runner.export)."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import shlex
+import sys
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from runner.tracking import resolve_uri
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "DETBENCH_PARENT_RUN_ID"
+SWEEP_TAG = "detbench.sweep"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+_BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
+
+
+def sweep_status(child_statuses: list[str], jobs_failed: int = 0) -> str:
+    """FINISHED when every child run FINISHED (jobs skipped before a run are not children) and
+    no job failed outside its run; FAILED otherwise (a child still RUNNING included)."""
+    ok = jobs_failed == 0 and all(s == "FINISHED" for s in child_statuses)
+    return "FINISHED" if ok else "FAILED"
+
+
+def sweep_params(argv: list[str], overrides: list[str]) -> dict[str, str]:
+    """The parent's params: the command line, the overrides, and one ``override.<key>`` each."""
+    params = {"command": shlex.join(argv), "overrides": " ".join(overrides)}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep:
+            name = _BAD_KEY_CHARS.sub("_", key.lstrip("+~"))
+            params[f"override.{name}"] = value
+    return {k: v[:MAX_PARAM_CHARS] for k, v in params.items()}
+
+
+class SweepParentRun(Callback):
+    """One parent MLflow run per multirun; ``tracking_uri`` / ``experiment`` default to the
+    sweep config's ``tracking.uri`` / ``tracking.experiment``. ``report``: attach table.md,
+    table.csv and the plots of the children (``extra`` as ``python -m runner.export --extra``)."""
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
+                 report: bool = True, extra: str = "") -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.report = report
+        self.extra = extra
+        self.run_id: str | None = None
+        self.uri: str | None = None
+        self.jobs_failed = 0
+        self._previous_env: str | None = None
+        self._report_dir: Path | None = None
+
+    # -- hydra hooks ------------------------------------------------------------------------
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.entities import Param, RunTag
+
+        from runner import tracking
+
+        self.uri = resolve_uri(self.tracking_uri or _select(config, "tracking.uri"))
+        experiment = self.experiment or _select(config, "tracking.experiment") or "detbench"
+        client = tracking.client(self.uri)
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        name = f"sweep {datetime.now():%Y-%m-%d %H:%M:%S}"
+        overrides = [str(o) for o in (_select(config, "hydra.overrides.task") or [])]
+        run = client.create_run(experiment_id, run_name=name,
+                                tags={SWEEP_TAG: "true", **tracking.process_identity()})
+        self.run_id = run.info.run_id
+        params = sweep_params(list(sys.argv), overrides)
+        client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()],
+                         tags=[RunTag("mlflow.note.content", f"{name}: {params['command']}")])
+        self._previous_env = os.environ.get(PARENT_ENV)
+        os.environ[PARENT_ENV] = self.run_id
+        self._report_dir = _sweep_report_dir(config)
+        atexit.register(self._abandoned)
+        log.info("sweep parent MLflow run %s (%s) in %s", self.run_id, name, self.uri)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        """Count the jobs the launcher saw fail, a run or not (an exception out of the task, or
+        status FAILED / KILLED returned). Only in-process launchers call this here; submitit's
+        jobs are judged by their runs alone."""
+        value = job_return._return_value
+        status = value.get("status") if isinstance(value, dict) else None
+        if job_return.status == JobStatus.FAILED or status in ("FAILED", "KILLED"):
+            self.jobs_failed += 1
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.run_id is None:
+            return
+        status = "FAILED"
+        try:
+            try:
+                statuses = self._child_statuses()
+                status = sweep_status(statuses, self.jobs_failed)
+                self._tag({"detbench.children": _counts(statuses) or "none"})
+            except Exception as exc:  # noqa: BLE001 - the parent must still end with a status
+                log.exception("sweep parent run %s: no child status", self.run_id)
+                self._tag({"error": f"{type(exc).__name__}: {exc}"[:5000]})
+            if self.report:
+                try:
+                    self._attach_report()
+                except Exception as exc:  # noqa: BLE001 - a report problem is not a job failure
+                    log.exception("sweep parent run %s: no report", self.run_id)
+                    self._tag({"detbench.report_error": f"{type(exc).__name__}: {exc}"[:5000]})
+        finally:
+            self.close(status)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def close(self, status: str) -> None:
+        """End the parent run with ``status`` and restore $DETBENCH_PARENT_RUN_ID."""
+        from runner import tracking
+
+        if self.run_id is None:
+            return
+        run_id, self.run_id = self.run_id, None
+        atexit.unregister(self._abandoned)
+        if self._previous_env is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = self._previous_env
+        tracking.client(self.uri).set_terminated(run_id, status)
+        log.info("sweep parent MLflow run %s ended %s", run_id, status)
+
+    def _abandoned(self) -> None:
+        """At interpreter exit without on_multirun_end (a job called sys.exit, Ctrl-C)."""
+        if self.run_id is not None:
+            self._tag({"error": "the sweep ended before its end callback ran"})
+            self.close("FAILED")
+
+    def _tag(self, tags: dict[str, str]) -> None:
+        from runner import tracking
+
+        if self.run_id is None:
+            return
+        client = tracking.client(self.uri)
+        for key, value in tags.items():
+            client.set_tag(self.run_id, key, value)
+
+    def _child_statuses(self) -> list[str]:
+        from runner.export import search_all_runs
+
+        runs = search_all_runs(self.uri, f"tags.`mlflow.parentRunId` = '{self.run_id}'")
+        return [r.info.status for r in runs]
+
+    def _attach_report(self) -> None:
+        from runner import export, tracking
+
+        assert self.run_id is not None
+        children = export.load_runs(self.uri, export.Filters(parent=self.run_id))
+        with tempfile.TemporaryDirectory(prefix="detbench-sweep-") as tmp:
+            out = self._report_dir or Path(tmp)
+            paths = export.write_report(children, out, export.parse_extra(self.extra),
+                                        mix_environments=True)
+            client = tracking.client(self.uri)
+            for path in paths:
+                client.log_artifact(self.run_id, str(path))
+        log.info("sweep report: %s", ", ".join(p.name for p in paths))
+
+
+def _select(config: DictConfig, key: str) -> Any:
+    try:
+        value = OmegaConf.select(config, key, default=None)
+    except Exception:  # noqa: BLE001 - an unresolvable interpolation
+        return None
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _sweep_report_dir(config: DictConfig) -> Path | None:
+    """``<hydra.sweep.dir>/report`` (next to the jobs' outputs), None when unknown."""
+    sweep_dir = _select(config, "hydra.sweep.dir")
+    return Path(str(sweep_dir)) / "report" if sweep_dir else None
+
+
+def _counts(statuses: list[str]) -> str:
+    return ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
