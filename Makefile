@@ -35,6 +35,7 @@ lint: install ## ruff and mypy
 	$(VENV)/bin/mypy
 
 mlflow-ui: install ## Open the MLflow UI on the local store (http://127.0.0.1:$(MLFLOW_PORT))
+	@echo "runs table: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments/1/runs?workflowType=machine_learning"
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 table: install ## Export MLflow runs to results/ (table.md, table.csv, plots); e.g. make table ARGS="--parent RUN_ID --extra p90,ci"

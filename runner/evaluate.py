@@ -96,16 +96,19 @@ class ResultsAccumulator:
     """Collects per-image detections as arrays; turns them into COCO results on demand.
 
     Each image may be added once (a second ``add`` for the same id raises ``ValueError``).
+    ``add`` runs between timed calls, so it only checks and copies the arrays as given; the
+    conversion to pixel boxes happens for all images at once when results are asked for (the
+    same float64 operations, so the same values).
     """
 
     def __init__(self, truncate: bool = False) -> None:
         """``truncate``: cut pixel boxes to int, as the public table did (its ``seed`` policy)."""
         self.truncate = truncate
-        self._ids: list[np.ndarray] = []
-        self._xywh: list[np.ndarray] = []
+        self._boxes: list[np.ndarray] = []  # normalized [ymin, xmin, ymax, xmax] as given
         self._scores: list[np.ndarray] = []
         self._classes: list[np.ndarray] = []
         self._image_ids: list[int] = []
+        self._sizes: list[tuple[int, int]] = []  # (width, height) per image
         self._seen: set[int] = set()
         self._count = 0
 
@@ -114,16 +117,20 @@ class ResultsAccumulator:
         image_id = int(image_id)
         if image_id in self._seen:
             raise ValueError(f"image_id {image_id} was already added")
-        xywh = _pixel_xywh(width, height, det.boxes)
-        if self.truncate:
-            xywh = np.trunc(xywh)
-        scores = _scores(det)
+        if width <= 0 or height <= 0:
+            raise ValueError(f"image size must be positive, got width={width}, height={height}")
+        boxes = np.array(det.boxes).reshape(-1, 4)
+        if np.isnan(boxes).any():  # infinities clip to the image's edge, as in to_coco_results
+            raise ValueError("detection boxes contain non-finite values")
+        scores = np.array(det.scores).reshape(-1)
+        if not np.isfinite(scores).all():
+            raise ValueError("detection scores contain non-finite values")
         self._seen.add(image_id)
         self._image_ids.append(image_id)
-        self._ids.append(np.full(len(scores), image_id, dtype=np.int64))
-        self._xywh.append(xywh)
+        self._sizes.append((int(width), int(height)))
+        self._boxes.append(boxes)
         self._scores.append(scores)
-        self._classes.append(np.asarray(det.classes, dtype=np.int64).reshape(-1))
+        self._classes.append(np.array(det.classes, dtype=np.int64).reshape(-1))
         self._count += len(scores)
 
     def __len__(self) -> int:
@@ -136,17 +143,30 @@ class ResultsAccumulator:
         return list(self._image_ids)
 
     def _columns(self) -> Columns:
-        if not self._ids:
+        """(image ids, pixel xywh float64, scores float64, classes int64), one row per detection:
+        what ``_pixel_xywh`` gives per image, computed for all images at once."""
+        if not self._image_ids:
             return (
                 np.zeros(0, np.int64),
                 np.zeros((0, 4), np.float64),
                 np.zeros(0, np.float64),
                 np.zeros(0, np.int64),
             )
+        counts = np.array([len(s) for s in self._scores], dtype=np.int64)
+        sizes = np.array(self._sizes, dtype=np.float64).reshape(-1, 2)
+        width, height = np.repeat(sizes[:, 0], counts), np.repeat(sizes[:, 1], counts)
+        b = np.clip(np.concatenate(self._boxes).astype(np.float64, copy=False), 0.0, 1.0)
+        xywh = np.empty_like(b)
+        xywh[:, 0] = b[:, 1] * width
+        xywh[:, 1] = b[:, 0] * height
+        xywh[:, 2] = np.maximum(b[:, 3] - b[:, 1], 0.0) * width
+        xywh[:, 3] = np.maximum(b[:, 2] - b[:, 0], 0.0) * height
+        if self.truncate:
+            xywh = np.trunc(xywh)
         return (
-            np.concatenate(self._ids),
-            np.concatenate(self._xywh),
-            np.concatenate(self._scores),
+            np.repeat(np.array(self._image_ids, dtype=np.int64), counts),
+            xywh,
+            np.concatenate(self._scores).astype(np.float64, copy=False),
             np.concatenate(self._classes),
         )
 

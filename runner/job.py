@@ -184,6 +184,13 @@ def publish(job_dir: Path, tracker: Any) -> None:
     metrics_file = job_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if outcome["status"] == "FINISHED" else None
     _log_outputs(tracker, job_dir, metrics)
+    spec_file = job_dir / "job.json"
+    if spec_file.is_file():
+        ds = json.loads(spec_file.read_text())["dataset"]
+        digest = hashlib.sha1(json.dumps([ds["annotations"], [r[0] for r in ds["images"]]])
+                              .encode()).hexdigest()
+        tracker.log_dataset(f"{ds['display_name']} ({len(ds['images'])} images)",
+                            ds["annotations"], len(ds["images"]), digest)
     if outcome["status"] == "FINISHED":
         tracker.finish()
     else:

@@ -44,3 +44,7 @@ def print_result(result: JobResult) -> None:
         print(f"  browse: make mlflow-ui, then open {result.ui_link}")
     else:
         print(f"  browse: {result.ui_link}")
+    if result.experiment_id is not None:
+        from runner.tracking import runs_table_link
+
+        print(f"  all runs: {runs_table_link(result.experiment_id)}")

@@ -194,6 +194,15 @@ class Tracker:
         self.client.log_batch(self.run_id, tags=[RunTag("mlflow.note.content", run_name)])
         return self.run_id
 
+    def log_dataset(self, name: str, source: str, images: int, digest: str) -> None:
+        """The dataset as an MLflow dataset input, so the UI's Dataset column names it."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=name, digest=digest[:36], source_type="local", source=source,
+                          profile=json.dumps({"num_images": images}))
+        tag = InputTag(key="mlflow.data.context", value="eval")
+        self.client.log_inputs(self._id(), datasets=[DatasetInput(dataset, tags=[tag])])
+
     def attach(self, run_id: str) -> None:
         """Continue logging to an existing run (runner.sync)."""
         self.run_id = run_id
@@ -273,6 +282,14 @@ class Tracker:
 
     def ui_link(self) -> str:
         return f"{UI_HOST}/#/experiments/{self.experiment_id}/runs/{self._id()}"
+
+    def runs_table_link(self) -> str:
+        """The experiment's runs table (MLflow 3 otherwise opens a GenAI overview)."""
+        return runs_table_link(self.experiment_id)
+
+
+def runs_table_link(experiment_id: str) -> str:
+    return f"{UI_HOST}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def write_temp_json(data: Any, name: str, directory: Path | None = None) -> Path:

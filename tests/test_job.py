@@ -32,7 +32,8 @@ def _run(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess[s
 def _runs(uri: str) -> list[Run]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("detbench")
-    return [] if exp is None else client.search_runs([exp.experiment_id])
+    runs = [] if exp is None else client.search_runs([exp.experiment_id])
+    return [r for r in runs if "detbench.model" in r.data.tags]  # not the sweep's parent run
 
 
 def test_job_end_to_end(tmp_path: Path) -> None:

@@ -32,7 +32,8 @@ def _runs_by_precision(uri: str) -> dict[str, object]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("detbench")
     assert exp is not None
-    return {r.data.tags["detbench.precision"]: r for r in client.search_runs([exp.experiment_id])}
+    return {r.data.tags["detbench.precision"]: r for r in client.search_runs([exp.experiment_id])
+            if "detbench.precision" in r.data.tags}
 
 
 def _cpu_has_bf16() -> bool:

@@ -33,7 +33,8 @@ def test_sweep_survives_raise_abort_and_hang(tmp_path: Path) -> None:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("detbench")
     assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
+    runs = [r for r in client.search_runs([experiment.experiment_id])
+            if "detbench.model" in r.data.tags]
     by_path = {r.data.params["model.path"]: r for r in runs}
     assert by_path[str(built["ok"])].info.status == "FINISHED"
     for b in ("raise", "abort", "hang"):
@@ -43,6 +44,10 @@ def test_sweep_survives_raise_abort_and_hang(tmp_path: Path) -> None:
     assert "timeout" in by_path[str(built["hang"])].data.tags["error"]
     assert "SIGABRT" in by_path[str(built["abort"])].data.tags["error"]
     assert not [r for r in runs if r.info.status == "RUNNING"]
+    (parent,) = [r for r in client.search_runs([experiment.experiment_id])
+                 if "detbench.model" not in r.data.tags]
+    assert parent.info.status == "FAILED"  # a child failed
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
 
     again = _sweep(tmp_path, uri, str(built["ok"]))
     assert again.returncode == 0, again.stderr[-3000:]
