@@ -108,6 +108,8 @@ class BenchmarkConfig:
     input_policy: str = "native"
     isolate: bool = True  # measured work in a fresh child process
     timeout_s: float = 7200.0  # the child is killed past this
+    repeats: int = 1  # timed passes over each prepared chunk; reported as mean and spread
+    cv_threshold: float = 0.10  # latency CV above this raises the stability warning
     rerun: bool = False  # False: skip a job whose identical config already FINISHED
 
 
@@ -183,6 +185,8 @@ def validate(cfg: JobConfig | DictConfig) -> None:
     _choice("model.box_order", model.box_order, BOX_ORDERS)
     _choice("benchmark.input_policy", bench.input_policy, INPUT_POLICIES)
     _positive("benchmark.timeout_s", bench.timeout_s)
+    _positive("benchmark.repeats", bench.repeats)
+    _positive("benchmark.cv_threshold", bench.cv_threshold, allow_zero=True)
     if model.outputs == "custom":
         for role in ROLES[:3]:
             if not getattr(model.output_keys, role):

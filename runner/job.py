@@ -302,6 +302,11 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
     env_file = job_dir / "environment.json"
     if env_file.is_file():
         tracker.set_tags(json.loads(env_file.read_text()))
+    stability_file = job_dir / "stability.json"
+    if stability_file.is_file():
+        verdict = json.loads(stability_file.read_text())
+        tracker.set_tags({"detbench.stability": "stable" if verdict["stable"] else "unstable",
+                          "detbench.stability_warning": verdict["warning"]})
     backend_file = job_dir / "backend.json"
     if backend_file.is_file():
         tracker.set_tags({f"backend.{k}": v for k, v in json.loads(

@@ -8,8 +8,9 @@ from runner.job import JobResult
 
 def _details(m: dict[str, float]) -> str:
     parts = [
-        f"{int(m['count'])} images timed",
-        "images/sec = images / total timed seconds",
+        f"{int(m['count'])} calls timed",
+        "images/sec = images / total timed seconds "
+        f"(95% CI {m['images_per_sec_ci_low']:.2f}-{m['images_per_sec_ci_high']:.2f})",
         f"latency p90 {m['latency_p90_ms']:.2f} ms",
         f"p95 {m['latency_p95_ms']:.2f} ms",
         f"max {m['latency_max_ms']:.2f} ms",
@@ -30,6 +31,9 @@ def print_result(result: JobResult) -> None:
         print(table.markdown([result.row]))
         print()
         print(_details(result.metrics))
+        if result.metrics.get("stable", 1.0) == 0.0:
+            print("WARNING: unstable measurement (see tag detbench.stability_warning); "
+                  "compare such numbers with care")
     elif result.status == "SKIPPED":
         print(f"\njob {result.name} SKIPPED: {result.error}")
         return

@@ -218,8 +218,10 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
                 results.add(chunk[i], adapt(outputs, hw))
 
             chunk_latencies = time_calls(backend.predict, tensors, on_output, progress=bar.update)
+            passes = [chunk_latencies] + [time_calls(backend.predict, tensors)
+                                          for _ in range(bench.repeats - 1)]
             sampler.mark_phase("record")
-            latencies.append(chunk_latencies)
+            latencies.append(np.stack(passes))
             _append_latencies(latencies_file, chunk, chunk_latencies)
             del tensors
         if bar is not None:
@@ -235,21 +237,45 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
              "reason": sampler.reason, "errors": sampler.errors,
              "phases": sampler.phase_times()}, indent=1, default=str))
     backend_metrics = backend.metrics() if hasattr(backend, "metrics") else {}
-    return {"latencies": np.concatenate(latencies), "results": results, "timings": timings,
+    return {"latencies": np.concatenate(latencies, axis=1), "results": results,
+            "timings": timings,
             "telemetry": {**sampler.summary("timed", num_images=len(dataset.images)),
                           **backend_metrics}}
+
+
+def timing_metrics(passes: np.ndarray, cfg: JobConfig, telemetry: Mapping[str, float],
+                   job_dir: Path) -> dict[str, float]:
+    """Statistics of all timed calls (``passes``: repeats x images), bootstrap 95% CIs of mean
+    latency and throughput, per-repeat mean and spread, and the stability verdict."""
+    from runner.stats import bootstrap_ci, stability, summarize, summarize_repeats
+
+    method = cfg.benchmark.percentile_method
+    pooled = passes.reshape(-1)
+    out = summarize(pooled, method).as_metrics()
+    low, high = bootstrap_ci(pooled, "mean")
+    out |= {"latency_mean_ci_low_ms": low * 1000, "latency_mean_ci_high_ms": high * 1000}
+    low, high = bootstrap_ci(pooled, "throughput")
+    out |= {"images_per_sec_ci_low": low, "images_per_sec_ci_high": high}
+    if len(passes) > 1:
+        per_repeat = [summarize(p, method).as_metrics() for p in passes]
+        out |= {f"repeats.{k}": v for k, v in summarize_repeats(per_repeat).items()}
+    stable, warning = stability(pooled, cfg.benchmark.cv_threshold,
+                                throttled=telemetry.get("gpu_throttle_thermal_or_power", 0) > 0)
+    out["stable"] = float(stable)
+    (job_dir / "stability.json").write_text(json.dumps({"stable": stable, "warning": warning}))
+    if warning:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    return out
 
 
 def evaluate(spec: JobSpec, measured: Mapping[str, Any], job_dir: Path) -> dict[str, float]:
     from runner import evaluate_extra
     from runner.evaluate import evaluate_bbox
-    from runner.stats import summarize
-
     cfg, dataset = spec.job_config(), spec.dataset_obj()
     ids = [r.image_id for r in dataset.images]
     results: Results = measured["results"]
     (job_dir / "detections.json").write_text(json.dumps(results.boxes.to_json_list()))
-    stats = summarize(measured["latencies"], cfg.benchmark.percentile_method)
+    timing = timing_metrics(measured["latencies"], cfg, measured["telemetry"], job_dir)
     start = time.perf_counter()
     metrics = {f"bbox.{k}": v for k, v in evaluate_bbox(dataset.annotations, results.boxes,
                                                           ids).items()}
@@ -263,7 +289,7 @@ def evaluate(spec: JobSpec, measured: Mapping[str, Any], job_dir: Path) -> dict[
                                      "keypoints")
         metrics |= {f"keypoints.{k}": v for k, v in kp.items()}
     timings = {**measured["timings"], "evaluate_s": time.perf_counter() - start}
-    return {**stats.as_metrics(), **metrics, **measured["telemetry"],
+    return {**timing, **metrics, **measured["telemetry"],
             **{f"time.{k}": v for k, v in timings.items()},
             "detections": float(len(results.boxes))}
 

@@ -55,6 +55,9 @@ def test_job_end_to_end(tmp_path: Path) -> None:
     assert m["count"] == 60
     assert m["total_time_s"] == pytest.approx(m["count"] / m["images_per_sec"])
     assert m["cpu_util_mean"] >= 0 and m["time.load_s"] > 0
+    assert m["latency_mean_ci_low_ms"] <= m["latency_mean_ms"] <= m["latency_mean_ci_high_ms"]
+    assert m["images_per_sec_ci_low"] <= m["images_per_sec"] <= m["images_per_sec_ci_high"]
+    assert run.data.tags["detbench.stability"] in ("stable", "unstable")
     assert run.data.params["model.name"] == "demo" and run.data.params["choice.precision"] == "fp32"
     tags = run.data.tags
     assert tags["telemetry.backend"] == "psutil" and tags["env.gpu_count"] == "0"
