@@ -14,6 +14,7 @@ Without network, put a file at the ``downloads/`` path named in the error messag
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import http.client
@@ -195,19 +196,35 @@ def _fetch_once(url: str, dest: Path, *, progress: bool, timeout_s: float) -> st
     return digest.hexdigest()
 
 
+DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _disk_full(exc: OSError, what: str, where: Path, needed: int | None) -> AcquireError:
+    size = f" (it needs about {needed / 2**20:.0f} MiB)" if needed else ""
+    return AcquireError(f"no space left while {what} into {where}: {exc.strerror or exc}; free "
+                        f"space{size} and run again: nothing half-written is kept as good")
+
+
 def _stream(response: IO[bytes], part: Path, mode: str, digest: hashlib._Hash, offset: int,
             total: int | None, progress: bool, name: str) -> int:
-    """Append the body to ``part`` chunk by chunk; returns the file's size afterwards."""
+    """Append the body to ``part`` chunk by chunk; returns the file's size afterwards. A full
+    disk keeps the ``.part`` (the next attempt resumes it) and says so."""
     from tqdm import tqdm
 
     size = offset
-    with part.open(mode) as out, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                      unit_divisor=1024, desc=name, disable=not progress) as bar:
-        while chunk := response.read(CHUNK_BYTES):
-            out.write(chunk)
-            digest.update(chunk)
-            size += len(chunk)
-            bar.update(len(chunk))
+    try:
+        with part.open(mode) as out, tqdm(total=total, initial=offset, unit="B",
+                                          unit_scale=True, unit_divisor=1024, desc=name,
+                                          disable=not progress) as bar:
+            while chunk := response.read(CHUNK_BYTES):
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+                bar.update(len(chunk))
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise _disk_full(exc, f"downloading {name}", part.parent, total) from exc
+        raise
     return size
 
 
@@ -318,6 +335,11 @@ def _extract(archive: Path, dest_root: Path, top: str | None,
                 unpack(tmp)
             except _CORRUPT as exc:
                 raise _corrupt(archive, exc) from exc
+            except OSError as exc:
+                if exc.errno in DISK_FULL:
+                    raise _disk_full(exc, f"extracting {archive.name}", dest_root,
+                                     archive.stat().st_size * 2) from exc
+                raise
             return _move_into_place(archive, tmp, dest_root, top)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -4,6 +4,7 @@ and the semantic checks that run before anything expensive happens."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +160,8 @@ def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
 def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
     if value is None:
         return
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "a finite number >= 0" if allow_zero else "a finite number > 0"
         raise ConfigError(f"{name}={value!r} is not valid; it must be {bound}")
 
 

@@ -6,17 +6,18 @@ from pathlib import Path
 
 import tensorflow as tf
 
-BEHAVIOURS = ("ok", "raise", "abort", "hang")
+BEHAVIOURS = ("ok", "raise", "abort", "hang", "bad_shape", "float_input")
 
 
 class _Fixture(tf.Module):
     def __init__(self, behaviour: str) -> None:
         super().__init__()
         self.behaviour = behaviour
+        dtype = tf.float32 if behaviour == "float_input" else tf.uint8
+        spec = tf.TensorSpec([1, None, None, 3], dtype, name="input_tensor")
+        self.serve = tf.function(self._serve, input_signature=[spec])
 
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8,
-                                                name="input_tensor")])
-    def serve(self, input_tensor: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _serve(self, input_tensor: tf.Tensor) -> dict[str, tf.Tensor]:
         mean = tf.reduce_mean(tf.cast(input_tensor, tf.float32))
         if self.behaviour == "raise":
             tf.debugging.Assert(mean < 0, ["fixture model refuses every image"])
@@ -27,12 +28,15 @@ class _Fixture(tf.Module):
             (i,) = tf.while_loop(lambda i: i >= 0, lambda i: i + 1, [tf.constant(0, tf.int64)])
             mean += tf.cast(i, tf.float32) * 0.0
         box = tf.constant([[[0.1, 0.1, 0.6, 0.6]]], tf.float32) + 0.0 * mean
+        if self.behaviour == "bad_shape":
+            box = box[0]  # [1, 4] instead of [1, N, 4]
         return {"detection_boxes": box, "detection_classes": tf.constant([[1.0]]),
                 "detection_scores": tf.constant([[0.9]]), "num_detections": tf.constant([1.0])}
 
 
 def build(directory: Path, behaviour: str) -> Path:
-    """Write a SavedModel that is ``ok``, raises, aborts (SIGABRT) or hangs when called."""
+    """Write a SavedModel that is ``ok``, raises, aborts (SIGABRT), hangs, returns boxes of the
+    wrong shape or takes float32 instead of uint8."""
     if behaviour not in BEHAVIOURS:
         raise ValueError(f"behaviour={behaviour!r}; valid: {BEHAVIOURS}")
     module = _Fixture(behaviour)

@@ -166,3 +166,42 @@ def test_two_sweeps_share_one_sqlite_store(tmp_path: Path) -> None:
         assert "database is locked" not in err
     runs = _runs(uri)
     assert len(runs) == 6 and all(r.info.status == "FINISHED" for r in runs)
+
+
+_FULL_DISK_SCRIPT = """
+import resource, signal, sys
+from pathlib import Path
+from runner import acquire
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # writes past the limit fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))
+try:
+    acquire.extract_tar(Path(sys.argv[1]), Path(sys.argv[2]), top="model")
+except acquire.AcquireError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_full_disk_while_extracting_leaves_the_cache_consistent(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    from runner import acquire
+
+    archive, dest = tmp_path / "model.tar.gz", tmp_path / "models"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, size in (("model/saved_model/saved_model.pb", 1024),
+                           ("model/saved_model/variables/variables.data-00000-of-00001",
+                            1024 * 1024)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(os.urandom(size)))
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK_SCRIPT, str(archive), str(dest)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "no space left while extracting model.tar.gz" in proc.stdout
+    assert "free space" in proc.stdout
+    assert sorted(p.name for p in dest.iterdir() if not p.name.endswith(".lock")) == []
+    assert archive.is_file()  # the download is kept: the next attempt only extracts
+    extracted = acquire.extract_tar(archive, dest, top="model")
+    assert (extracted / "saved_model" / "variables").is_dir()
