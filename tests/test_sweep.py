@@ -22,7 +22,7 @@ def _sweep(tmp_path: Path, uri: str, paths: str, *extra: str) -> subprocess.Comp
 
 
 def test_sweep_survives_raise_abort_and_hang(tmp_path: Path) -> None:
-    built = {b: models.build(tmp_path / b, b) for b in models.BEHAVIOURS}
+    built = {b: models.build(tmp_path / b, b) for b in ("ok", "raise", "abort", "hang")}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = _sweep(tmp_path, uri, ",".join(str(p) for p in built.values()))
     assert proc.returncode == 1, proc.stderr[-3000:]
