@@ -548,8 +548,10 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, extra: str | Sequence[st
 
 
 def _figure(size_in: tuple[float, float]) -> Any:
+    import matplotlib
     from matplotlib.figure import Figure
 
+    matplotlib.rcParams["axes.formatter.useoffset"] = False  # plain tick labels, no "+7.12e1"
     return Figure(figsize=size_in, dpi=DPI, layout="constrained")
 
 
