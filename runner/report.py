@@ -32,8 +32,8 @@ def print_result(result: JobResult) -> None:
         print()
         print(_details(result.metrics))
         if result.metrics.get("stable", 1.0) == 0.0:
-            print("WARNING: unstable measurement (see tag detbench.stability_warning); "
-                  "compare such numbers with care")
+            print("unstable measurement (tag detbench.stability_warning says why): compare with "
+                  "care")
     elif result.status == "SKIPPED":
         print(f"\njob {result.name} SKIPPED: {result.error}")
         return
