@@ -31,7 +31,7 @@ test: install ## Run the test suite
 	$(PY) -m pytest $(ARGS)
 
 lint: install ## ruff and mypy
-	$(VENV)/bin/ruff check runner tests
+	$(VENV)/bin/ruff check runner tests benchmarks
 	$(VENV)/bin/mypy
 
 mlflow-ui: install ## Open the MLflow UI on the local store (http://127.0.0.1:$(MLFLOW_PORT))
@@ -43,6 +43,9 @@ table: install ## Export MLflow runs to results/ (table.md, table.csv, plots); e
 
 sync: install ## Upload job directories that could not be logged (tracking server was down)
 	$(PY) -m runner.sync $(ARGS)
+
+perf: install ## Performance scripts, figures as side-by-side ratios (ARGS=--quick for a short run)
+	$(PY) benchmarks/run_all.py $(ARGS)
 
 train-demo: install ## Retrain the shipped demo detector (about 20 minutes on 2 cores)
 	$(PY) -m runner.demo.train --out runner/demo/assets/demo_centernet

@@ -326,11 +326,10 @@ def _evaluate_columns(
     return whole
 
 
-#: Box results evaluated per pass over a group of categories (see ``_evaluate_columns``). A pass
-#: takes about 2 kB per detection (result dicts and faster-coco-eval's state); one pass over COCO
-#: val's 500,000 detections (100 per image) peaked 1.1 GB above the results themselves, passes of
-#: 50,000 peak about 240 MB and run no slower (benchmarks/memory.py, benchmarks/coco_eval.py).
-MAX_DETECTIONS_PER_PASS = 50_000
+#: Box results evaluated per pass over a group of categories (see ``_evaluate_columns``). On a
+#: COCO-val-sized case (5,000 images, 500,000 detections) one pass peaked 1.1 GB above the results
+#: themselves; passes of 20,000 detections peak at 160 MB, in the same time (benchmarks/README.md).
+MAX_DETECTIONS_PER_PASS = 20_000
 
 
 def evaluate_bbox(

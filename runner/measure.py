@@ -30,12 +30,14 @@ def warm_up(predict: Predict, inputs: Sequence[Any], calls: int) -> None:
 def time_calls(predict: Predict, inputs: Sequence[Any], on_output: OnOutput | None = None,
                clock: Callable[[], float] = time.perf_counter,
                progress: Callable[[int], None] | None = None,
-               defer_outputs: bool = False) -> np.ndarray:
+               defer_outputs: bool = False, out: np.ndarray | None = None) -> np.ndarray:
     """Latency in seconds of one call per input, in input order.
 
     ``on_output(i, outputs)`` runs after each call, or with ``defer_outputs`` for every call in
-    order once all calls are timed (the outputs of all ``inputs`` are then held meanwhile)."""
-    latencies = np.empty(len(inputs), dtype=np.float64)
+    order once all calls are timed (the outputs of all ``inputs`` are then held meanwhile).
+    ``out`` (NaN-filled by the caller) receives each latency as it is measured, so an
+    interrupted loop keeps what it measured."""
+    latencies = np.empty(len(inputs), dtype=np.float64) if out is None else out
     kept: list[Mapping[str, np.ndarray]] = []
     for i, image in enumerate(inputs):
         start = clock()

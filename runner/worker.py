@@ -211,19 +211,30 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
                 bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr)
             sampler.mark_phase("timed")
 
+            sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+
             def on_output(i: int, outputs: Mapping[str, np.ndarray],
                           chunk: Sequence[data.ImageRecord] = chunk,
-                          tensors: Sequence[Any] = tensors) -> None:
-                hw = (int(tensors[i].shape[1]), int(tensors[i].shape[2]))
-                results.add(chunk[i], adapt(outputs, hw))
+                          sizes: Sequence[tuple[int, int]] = sizes) -> None:
+                results.add(chunk[i], adapt(outputs, sizes[i]))
 
-            chunk_latencies = time_calls(backend.predict, tensors, on_output, progress=bar.update)
+            measured = np.full(len(tensors), np.nan)
+            try:  # outputs are handled after the chunk's last timed call (nothing in between)
+                chunk_latencies = time_calls(backend.predict, tensors, on_output,
+                                             progress=bar.update, defer_outputs=True,
+                                             out=measured)
+            except BaseException:  # keep what this chunk measured before the interruption
+                done = ~np.isnan(measured)
+                _append_latencies(latencies_file,
+                                  [r for r, d in zip(chunk, done, strict=True) if d],
+                                  measured[done])
+                raise
             passes = [chunk_latencies] + [time_calls(backend.predict, tensors)
                                           for _ in range(bench.repeats - 1)]
             sampler.mark_phase("record")
             latencies.append(np.stack(passes))
             _append_latencies(latencies_file, chunk, chunk_latencies)
-            del tensors
+            del tensors, on_output
         if bar is not None:
             bar.close()
         sampler.mark_phase("done")
@@ -274,7 +285,7 @@ def evaluate(spec: JobSpec, measured: Mapping[str, Any], job_dir: Path) -> dict[
     cfg, dataset = spec.job_config(), spec.dataset_obj()
     ids = [r.image_id for r in dataset.images]
     results: Results = measured["results"]
-    (job_dir / "detections.json").write_text(json.dumps(results.boxes.to_json_list()))
+    results.boxes.write_json(job_dir / "detections.json")
     timing = timing_metrics(measured["latencies"], cfg, measured["telemetry"], job_dir)
     start = time.perf_counter()
     metrics = {f"bbox.{k}": v for k, v in evaluate_bbox(dataset.annotations, results.boxes,
@@ -324,4 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # everything is on disk: skip TensorFlow's ~1 s interpreter teardown

@@ -54,3 +54,36 @@ def test_warm_up_cycles_over_inputs() -> None:
     measure.warm_up(predict, [], 0)
     with pytest.raises(ValueError):
         measure.warm_up(lambda x: {}, [], 1)
+
+
+def test_an_interrupted_loop_keeps_the_latencies_measured_so_far() -> None:
+    ticks = iter([0.0, 0.5, 1.0, 1.25, 2.0])
+
+    def predict(x: int) -> dict[str, np.ndarray]:
+        if x == 3:
+            raise KeyboardInterrupt
+        return {}
+
+    out = np.full(4, np.nan)
+    with pytest.raises(KeyboardInterrupt):
+        measure.time_calls(predict, [1, 2, 3, 4], clock=lambda: next(ticks), out=out)
+    np.testing.assert_allclose(out[:2], [0.5, 0.25])
+    assert np.isnan(out[2:]).all()
+
+
+def test_deferred_outputs_leave_nothing_between_timed_calls() -> None:
+    events: list[str] = []
+    ticks = count()
+
+    def clock() -> float:
+        events.append("clock")
+        return float(next(ticks))
+
+    def predict(x: object) -> dict[str, np.ndarray]:
+        events.append("call")
+        return {"x": np.array([x])}
+
+    seen: list[int] = []
+    measure.time_calls(predict, [1, 2], lambda i, out: seen.append(int(out["x"][0])),
+                       clock=clock, defer_outputs=True)
+    assert events == ["clock", "call", "clock"] * 2 and seen == [1, 2]
