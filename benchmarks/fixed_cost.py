@@ -146,8 +146,11 @@ def run_sweep(tmp: Path, name: str, store: str, num_images: int,
     if w.returncode != 0:
         raise RuntimeError(f"the sweep failed (exit {w.returncode}):\n{w.stderr[-3000:]}")
     workers = [(start, last) for label, start, last in w.processes if label == "worker"]
-    if len(workers) != jobs:
+    if len(workers) < jobs:
         raise RuntimeError(f"saw {len(workers)} worker processes for {jobs} jobs")
+    # a short-lived fork of a worker (e.g. a subprocess it starts) shows the worker's command
+    # line for a moment: keep the jobs' workers, the longest-lived ones, in start order
+    workers = sorted(sorted(workers, key=lambda sl: sl[1] - sl[0])[-jobs:])
     out: list[dict[str, Any]] = []
     for k in range(jobs):
         job_dir = sweep_dir / str(k)
