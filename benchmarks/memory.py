@@ -20,17 +20,13 @@ Checks (chunk_size <= N/8, so that both runs prepare full chunks back to back):
 Full mode: N = 5,000 (COCO val's size), chunk_size 256 (the default). ``--quick``: N = 200,
 chunk_size 25. ``--images N`` overrides N.
 
-``--prototype`` also reruns the worker entry point on both job specs with the changes proposed for
-``runner/worker.py`` (``benchmarks/proposed_worker.py``) and checks the same bound on it.
-
-    python benchmarks/memory.py [--quick] [--images N] [--prototype]
+    python benchmarks/memory.py [--quick] [--images N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -42,7 +38,7 @@ if __package__ in (None, ""):
 
 from benchmarks import common  # noqa: E402
 
-RATIO, SLACK_MB, TIMED_SLACK_MB = 1.15, 50.0, 50.0
+SLACK_MB, TIMED_SLACK_MB = 50.0, 50.0
 PER_DETECTION_BYTES = 1024  # the results and their evaluation grow with N (measured: about 800)
 
 
@@ -77,27 +73,9 @@ def run_job(tmp: Path, images_dir: Path, annotations: Path, num_images: int,
     return out
 
 
-def run_proposed(tmp: Path, num_images: int) -> float:
-    """The worker entry point again on the same job spec, with the changes proposed for
-    ``runner/worker.py`` (``benchmarks/proposed_worker.py``: streamed detections.json, chunks
-    released after timing); returns its exact peak RSS in MB."""
-    job_dir = tmp / f"proposed-{num_images}"
-    job_dir.mkdir()
-    shutil.copy(tmp / f"run-{num_images}" / "job.json", job_dir / "job.json")
-    watched = common.run_watched([sys.executable, "-m", "benchmarks.proposed_worker",
-                                  str(job_dir), "stream", "release"],
-                                 env=common.child_env(DETBENCH_CACHE=str(tmp / "cache")),
-                                 cwd=tmp)
-    if watched.returncode:
-        raise RuntimeError(f"proposed worker failed:\n{watched.stderr[-2000:]}")
-    return watched.rusage_maxrss_mb
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     def extra(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--images", type=int, help="N (default 5000, --quick 200)")
-        parser.add_argument("--prototype", action="store_true",
-                            help="also run the worker with the changes proposed for it")
 
     args = common.arguments(__doc__.splitlines()[0], argv, extra)
     report = common.Report("memory", args.quick)
@@ -110,8 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.info(f"dataset: {n} 640x480 JPEGs in COCO format; chunk_size {chunk}; "
                     f"runs: N/4 = {n // 4}, then N = {n}")
         runs = [run_job(tmp, images_dir, annotations, size, chunk) for size in (n // 4, n)]
-        proposed = [run_proposed(tmp, size) for size in (n // 4, n)] if args.prototype and all(
-            r["rc"] == 0 for r in runs) else []
     small, large = runs
     for run in runs:
         report.info(f"N={run['n']}: exit {run['rc']} in {run['wall_s']:.0f} s, "
@@ -150,14 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.check("timed_loop_bounded", large["timed_peak_mb"] <= timed_bound,
                  f"timed loop peak(N) {large['timed_peak_mb']:.0f} MB <= peak(N/4) "
                  f"{small['timed_peak_mb']:.0f} MB + {TIMED_SLACK_MB:.0f} MB")
-    if proposed:
-        report.figure("proposed_peak_rss_mb_N", proposed[1],
-                      f"(worker with the proposed changes; N/4: {proposed[0]:.0f} MB)")
-        report.figure("proposed_peak_ratio", proposed[1] / proposed[0])
-        report.check("proposed_peak_bounded", proposed[1] <= proposed[0] * RATIO + SLACK_MB,
-                     f"proposed worker: peak(N) {proposed[1]:.0f} MB <= peak(N/4) "
-                     f"{proposed[0]:.0f} MB * {RATIO} + {SLACK_MB:.0f} MB = "
-                     f"{proposed[0] * RATIO + SLACK_MB:.0f} MB")
     agree = all(abs(r["exact_peak_mb"] - r["polled_worker_peak_mb"])
                 <= 0.05 * r["exact_peak_mb"] + 20 for r in runs)
     report.check("polling_agrees", agree,

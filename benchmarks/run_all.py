@@ -4,7 +4,7 @@ Each script runs in its own process (one after the other, so they do not compete
 its output streamed as it comes; the figures are collected from their ``--json`` files. Exit code
 1 when any script fails one of its checks (or crashes).
 
-    python benchmarks/run_all.py [--quick] [--only NAME ...] [--prototype] [--json FILE]
+    python benchmarks/run_all.py [--quick] [--only NAME ...] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI-sized runs")
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, help="run only these")
-    parser.add_argument("--prototype", action="store_true",
-                        help="memory.py: also measure the worker changes it proposes")
     parser.add_argument("--json", metavar="FILE", help="write every script's figures to FILE")
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}
@@ -37,7 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = Path(tmp) / f"{name}.json"
             cmd = [sys.executable, str(HERE / f"{name}.py"), "--json", str(out)]
             cmd += ["--quick"] if args.quick else []
-            cmd += ["--prototype"] if args.prototype and name == "memory" else []
             start = time.perf_counter()
             code = subprocess.call(cmd)
             elapsed = time.perf_counter() - start
