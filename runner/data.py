@@ -29,6 +29,7 @@ class Dataset:
     display_name: str
     annotations: Path
     images: tuple[ImageRecord, ...]
+    keypoint_annotations: Path | None = None  # person keypoints, for keypoint models' OKS metrics
 
 
 @dataclass(frozen=True)
@@ -51,17 +52,10 @@ def _read_annotations(path: Path) -> dict[str, Any]:
     return doc
 
 
-def keypoint_annotations(cfg: DatasetConfig, cache_dir: str) -> Path | None:
-    """The person-keypoints annotations for keypoint models, where the dataset has them."""
-    if cfg.kind == "coco2017":
-        from runner import acquire
-
-        return acquire.ensure_coco_val2017(Path(cache_dir).expanduser())[2]
-    return Path(cfg.keypoint_annotations).expanduser() if cfg.keypoint_annotations else None
-
-
 def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
-    """The dataset's sorted image list, cut to ``num_images`` (synthetic data generated first)."""
+    """The dataset's sorted image list, cut to ``num_images`` (synthetic data generated first,
+    COCO 2017 acquired once)."""
+    keypoints = Path(cfg.keypoint_annotations).expanduser() if cfg.keypoint_annotations else None
     if cfg.kind == "synthetic":
         from runner.demo import synth
 
@@ -72,7 +66,8 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
     elif cfg.kind == "coco2017":
         from runner import acquire
 
-        images_dir, ann_path, _ = acquire.ensure_coco_val2017(Path(cache_dir).expanduser())
+        images_dir, ann_path, keypoints = acquire.ensure_coco_val2017(
+            Path(cache_dir).expanduser())
     else:
         assert cfg.images_dir is not None and cfg.annotations is not None
         images_dir = Path(cfg.images_dir).expanduser()
@@ -92,7 +87,7 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
     if missing:
         raise ConfigError(f"{len(missing)} image file(s) listed in {str(ann_path)!r} are missing, "
                           f"e.g. {str(missing[0])!r}")
-    return Dataset(cfg.name, cfg.display_name, ann_path, records)
+    return Dataset(cfg.name, cfg.display_name, ann_path, records, keypoints)
 
 
 def chunked(records: Sequence[ImageRecord], size: int) -> Iterator[Sequence[ImageRecord]]:

@@ -230,12 +230,12 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
     if not (directory / "saved_model.pb").is_file():
         raise FileNotFoundError(f"no SavedModel at {str(directory)!r} (saved_model.pb missing)")
     dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
-    keypoints = data.keypoint_annotations(cfg.dataset, cfg.cache_dir)
     container = OmegaConf.to_container(raw, resolve=True)
     assert isinstance(container, dict)
     spec = JobSpec(cfg={str(k): v for k, v in container.items()}, model_dir=str(directory),
                    dataset=dataset_dict(dataset),
-                   keypoint_annotations=str(keypoints) if keypoints else None,
+                   keypoint_annotations=(str(dataset.keypoint_annotations)
+                                         if dataset.keypoint_annotations else None),
                    extra={"calibration": _calibration(cfg, dataset, job_dir)})
     spec.write(job_dir)
     from runner.gpu_lock import exclusive_gpu

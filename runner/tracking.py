@@ -7,9 +7,7 @@ import functools
 import json
 import os
 import socket
-import tempfile
 import time
-import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -144,13 +142,10 @@ class Tracker:
     """A single MLflow run: params, tags, metrics, time series, artifacts, terminal status."""
 
     def __init__(self, uri: str | None, experiment: str) -> None:
-        from mlflow.tracking import MlflowClient
-
         self.uri = resolve_uri(uri)
         check_reachable(self.uri)
-        with _store_init_lock(self.uri):  # the first use creates a new SQLite store's tables
-            self.client: Any = _Retrying(MlflowClient(tracking_uri=self.uri))
-            self.experiment_id = self._experiment(experiment)
+        self.client: Any = client(self.uri)
+        self.experiment_id = self._experiment(experiment)
         self.run_id: str | None = None
 
     def _experiment(self, name: str) -> str:
@@ -270,13 +265,6 @@ class Tracker:
         finally:
             self.client.set_terminated(self._id(), status)
 
-    def fail(self, exc: BaseException) -> None:
-        """End the run as FAILED (KILLED for an interrupt) with the error and its traceback."""
-        if self.run_id is None:
-            return
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        self.end(status, f"{type(exc).__name__}: {exc}", "".join(traceback.format_exception(exc)))
-
     def finish(self) -> None:
         self.client.set_terminated(self._id(), "FINISHED")
 
@@ -290,10 +278,3 @@ class Tracker:
 
 def runs_table_link(experiment_id: str) -> str:
     return f"{UI_HOST}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-
-
-def write_temp_json(data: Any, name: str, directory: Path | None = None) -> Path:
-    folder = directory or Path(tempfile.mkdtemp(prefix="detbench-"))
-    path = folder / name
-    path.write_text(json.dumps(data))
-    return path

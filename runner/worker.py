@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from runner import config, data
+from runner.backends import Backend
 from runner.config import JobConfig
 from runner.detections import Detections
 
@@ -55,9 +56,8 @@ class JobSpec:
 
     def dataset_obj(self) -> data.Dataset:
         d = self.dataset
-        images = tuple(data.ImageRecord(int(r[0]), Path(r[1]), int(r[2]), int(r[3]))
-                       for r in d["images"])
-        return data.Dataset(d["name"], d["display_name"], Path(d["annotations"]), images)
+        return data.Dataset(d["name"], d["display_name"], Path(d["annotations"]),
+                            tuple(_records(d["images"])))
 
 
 def dataset_dict(ds: data.Dataset) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
     return [data.ImageRecord(int(r[0]), Path(r[1]), int(r[2]), int(r[3])) for r in rows]
 
 
-def _backend(cfg: JobConfig, spec: JobSpec, gpus: Sequence[Mapping[str, Any]]) -> Any:
+def _backend(cfg: JobConfig, spec: JobSpec, gpus: Sequence[Mapping[str, Any]]) -> Backend:
     """The system under test. TF-TRT first learns the source's input spec, prepares the build
     (and INT8 calibration) inputs off the timed path, then converts or takes the cached model."""
     from runner.backends.native import NativeBackend
@@ -199,8 +199,7 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
             tensors = [p.tensor for p in data.prepare(chunk, backend.input_dtype, resize)]
             timings["prepare_s"] += time.perf_counter() - start
             if index == 0:
-                if hasattr(backend, "check_executed"):  # what ran, e.g. that AMP fired
-                    backend.check_executed(tensors[0])
+                backend.check_executed(tensors[0])  # what ran, e.g. that AMP fired
                 (job_dir / "backend.json").write_text(json.dumps(backend.describe(), indent=1))
                 first = tensors[0]  # outputs checked against the contract before any timing
                 adapt(backend.predict(first), (int(first.shape[1]), int(first.shape[2])))
@@ -247,7 +246,7 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
             {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
              "reason": sampler.reason, "errors": sampler.errors,
              "phases": sampler.phase_times()}, indent=1, default=str))
-    backend_metrics = backend.metrics() if hasattr(backend, "metrics") else {}
+    backend_metrics = backend.metrics()
     return {"latencies": np.concatenate(latencies, axis=1), "results": results,
             "timings": timings,
             "telemetry": {**sampler.summary("timed", num_images=len(dataset.images)),

@@ -42,6 +42,7 @@ def test_job_end_to_end(tmp_path: Path) -> None:
     header = next(line for line in proc.stdout.splitlines() if line.startswith("| Model"))
     assert [c.strip() for c in header.strip("|").split("|")] == list(COLUMNS)
     assert "MLflow run" in proc.stdout
+    assert "#/experiments/1/runs?workflowType=machine_learning" in proc.stdout
     (run,) = _runs(uri)
     assert run.info.status == "FINISHED"
     m = run.data.metrics
@@ -58,6 +59,8 @@ def test_job_end_to_end(tmp_path: Path) -> None:
     assert m["latency_mean_ci_low_ms"] <= m["latency_mean_ms"] <= m["latency_mean_ci_high_ms"]
     assert m["images_per_sec_ci_low"] <= m["images_per_sec"] <= m["images_per_sec_ci_high"]
     assert run.data.tags["detbench.stability"] in ("stable", "unstable")
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "Synthetic shapes val (60 images)"
     assert run.data.params["model.name"] == "demo" and run.data.params["choice.precision"] == "fp32"
     tags = run.data.tags
     assert tags["telemetry.backend"] == "psutil" and tags["env.gpu_count"] == "0"

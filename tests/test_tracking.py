@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,8 @@ def test_failed_run_keeps_error_and_traceback(tmp_path: Path) -> None:
     try:
         raise RuntimeError("boom")
     except RuntimeError as exc:
-        t.fail(exc)
+        t.end("FAILED", f"{type(exc).__name__}: {exc}",
+              "".join(traceback.format_exception(exc)))
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: boom"

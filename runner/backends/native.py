@@ -111,6 +111,9 @@ class NativeBackend:
                     "capability >= 7.0 for fp16); not reporting an FP32 run as mixed precision")
         return self.executed
 
+    def metrics(self) -> dict[str, float]:
+        return {}
+
     def describe(self) -> dict[str, str]:
         return {"backend": "native", "signature": self.signature, "input_name": self.input_name,
                 "input_dtype": self.input_dtype, "input_shape": str(self.input_shape),

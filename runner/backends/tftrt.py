@@ -117,6 +117,9 @@ class TrtBackend:
     def predict(self, image: Any) -> Mapping[str, Any]:
         return self.native.predict(image)
 
+    def check_executed(self, example: Any) -> dict[str, str]:
+        return self.native.check_executed(example)
+
     def metrics(self) -> dict[str, float]:
         return {f"trt.{k}": v for k, v in self.result.stats.items()} | {
             "trt.cache_hit": float(self.result.hit)}
