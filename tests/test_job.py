@@ -59,6 +59,7 @@ def test_job_end_to_end(tmp_path: Path) -> None:
     assert m["latency_mean_ci_low_ms"] <= m["latency_mean_ms"] <= m["latency_mean_ci_high_ms"]
     assert m["images_per_sec_ci_low"] <= m["images_per_sec"] <= m["images_per_sec_ci_high"]
     assert run.data.tags["detbench.stability"] in ("stable", "unstable")
+    assert run.inputs is not None
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.name == "Synthetic shapes val (60 images)"
     assert run.data.params["model.name"] == "demo" and run.data.params["choice.precision"] == "fp32"
