@@ -50,6 +50,7 @@ class Report:
     figures: dict[str, Any] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
     passed: list[str] = field(default_factory=list)
+    targets: dict[str, bool] = field(default_factory=dict)
 
     def info(self, text: str) -> None:
         print(f"  {text}", flush=True)
@@ -64,27 +65,33 @@ class Report:
         print(f"CHECK {'PASS' if ok else 'FAIL'} {self.name}.{key}: {detail}", flush=True)
         return ok
 
-    def check_within(self, key: str, estimate: tuple[float, float, float], low: float,
-                     high: float, what: str) -> bool:
-        """A ratio's target range [low, high]. Full mode checks the point estimate; quick mode,
-        whose few rounds give a wide interval on a loaded machine, fails only when the 95%
-        interval lies wholly outside the range (the target is missed with confidence)."""
+    def target(self, key: str, ok: bool, detail: str) -> bool:
+        """A performance target (a timing ratio or ceiling). Full mode checks it like any check;
+        quick mode, whose few rounds on a loaded CI machine measure speed too roughly to judge,
+        reports it as ``TARGET MET|MISSED`` without failing the run: there only the invariants
+        are checked, and the figure itself comes from the full run (``make perf``)."""
+        if not self.quick:
+            return self.check(key, ok, detail)
+        self.targets[key] = ok
+        print(f"TARGET {'MET' if ok else 'MISSED'} {self.name}.{key}: {detail} "
+              "(quick mode: reported, not checked)", flush=True)
+        return ok
+
+    def target_within(self, key: str, estimate: tuple[float, float, float], low: float,
+                      high: float, what: str) -> bool:
+        """A ratio's target range [low, high], judged on the point estimate (95% interval shown)."""
         value, lo, hi = estimate
-        if self.quick:
-            ok = hi >= low and lo <= high
-            rule = f"95% CI {lo:.4f}..{hi:.4f} reaches"
-        else:
-            ok = low <= value <= high
-            rule = f"{value:.4f} within"
         bounds = f"<= {high:g}" if low == -math.inf else f"{low:g}..{high:g}"
-        return self.check(key, ok, f"{what}: {rule} {bounds} (estimate {value:.4f})")
+        return self.target(key, low <= value <= high,
+                           f"{what}: {value:.4f} within {bounds} (95% CI {lo:.4f}..{hi:.4f})")
 
     def finish(self, json_out: str | None = None) -> int:
         status = "FAIL" if self.failed else "PASS"
         if json_out:
             Path(json_out).write_text(json.dumps(
                 {"name": self.name, "quick": self.quick, "status": status,
-                 "figures": self.figures, "passed": self.passed, "failed": self.failed},
+                 "figures": self.figures, "passed": self.passed, "failed": self.failed,
+                 "targets": self.targets},
                 indent=1, default=str))
         print(f"RESULT {self.name}: {status} ({len(self.passed)} checks passed, "
               f"{len(self.failed)} failed{': ' + ', '.join(self.failed) if self.failed else ''})",

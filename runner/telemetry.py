@@ -1,43 +1,53 @@
-"""Background sampler of the GPU (NVML via nvidia-ml-py) or, without a GPU, of CPU and memory.
+"""Background sampler of the GPU (NVML via nvidia-ml-py) or, without a GPU, of CPU and memory,
+with the phases of the job (load, warmup, timed, ...) and their statistics.
 
-Rows are stored as tuples by one writer (the sampling thread, or the caller while no thread runs)
-under a lock and only turned into dicts by ``samples()``, to keep the per-sample cost low.
+The sampling itself (``runner.probe``) runs in a separate low-priority process, so that it
+neither holds the benchmark's GIL nor takes its CPU time; in a thread of this process only when
+an NVML module is handed in (tests) or the process cannot start. Rows are kept as
+``(t, device, *fields)`` tuples and take their phase from the marked intervals when read.
 """
 
 from __future__ import annotations
 
+import bisect
 import importlib
+import json
 import math
 import os
 import re
+import select
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
-import psutil
 
-Value = float | int | str | None
-Row = tuple[Value, ...]  # (t_s, phase, device, *fields)
+from runner.probe import CONSTANTS as _CONSTANTS
+from runner.probe import (
+    CPU_FIELDS,
+    GPU_FIELDS,
+    READY,
+    Gpu,
+    GpuReader,
+    HostReader,
+    Row,
+    Value,
+    error_text,
+    sample_loop,
+)
+from runner.probe import UNSUPPORTED_ERRORS as _UNSUPPORTED_ERRORS
+
+Tagged = tuple[Value, ...]  # (t_s, phase, device, *fields)
 
 INITIAL_PHASE = "start"  # the phase samples carry before the first mark_phase()
 MAX_ERRORS = 50
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
 _MB = 1024.0 * 1024.0
-
-GPU_FIELDS = (
-    "gpu_util_pct",
-    "mem_util_pct",
-    "mem_used_mb",
-    "power_w",
-    "sm_clock_mhz",
-    "temperature_c",
-    "throttle_reasons",
-    "energy_counter_j",
-)
-CPU_FIELDS = ("cpu_util_pct", "mem_used_mb", "process_rss_mb")
 
 # Clock throttle reasons that mean "slowed down by heat or power": pynvml name -> fallback bit.
 THROTTLE_REASONS = {
@@ -47,16 +57,6 @@ THROTTLE_REASONS = {
     "nvmlClocksThrottleReasonHwThermalSlowdown": 0x40,
     "nvmlClocksThrottleReasonHwPowerBrakeSlowdown": 0x80,
 }
-_CONSTANTS = {
-    "NVML_CLOCK_SM": 1,
-    "NVML_CLOCK_MEM": 2,
-    "NVML_TEMPERATURE_GPU": 0,
-    "NVML_CLOCK_ID_APP_CLOCK_TARGET": 1,
-    "NVML_CLOCK_ID_APP_CLOCK_DEFAULT": 2,
-}
-# Error classes after which a field is not read again for that device.
-_UNSUPPORTED_ERRORS = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound")
-
 # Every pynvml name this module uses (tests check them against the real module).
 NVML_FUNCTIONS = (
     "nvmlInit",
@@ -79,13 +79,6 @@ NVML_FUNCTIONS = (
     "nvmlDeviceGetTotalEnergyConsumption",
 )
 NVML_NAMES = (*NVML_FUNCTIONS, *_CONSTANTS, *THROTTLE_REASONS, "NVMLError", *_UNSUPPORTED_ERRORS)
-
-
-@dataclass
-class _Gpu:
-    label: str
-    handle: Any
-    unsupported: set[str] = field(default_factory=set)
 
 
 def visible_gpu_indices(count: int, cuda_visible: str | None) -> list[int]:
@@ -129,10 +122,6 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def _error_text(error: BaseException) -> str:
-    return str(error) or type(error).__name__
-
-
 def _scaled(value: Any, factor: float) -> float | None:
     return None if value is None else float(value) * factor
 
@@ -142,10 +131,19 @@ def _mean(values: list[float]) -> float:
 
 
 class Sampler:
-    """Samples device telemetry every ``interval_s`` in a daemon thread, tagged by phase."""
+    """Samples device telemetry every ``interval_s``, tagged by phase.
+
+    ``isolate`` (default: unless ``nvml`` is handed in, which cannot cross into a process)
+    samples in a ``python -m runner.probe`` process instead of a thread of this one. Rows
+    reach ``samples()`` and ``summary()`` when the sampler stops.
+    """
 
     def __init__(
-        self, interval_s: float = 0.05, nvml: Any | None = None, enabled: bool = True
+        self,
+        interval_s: float = 0.05,
+        nvml: Any | None = None,
+        enabled: bool = True,
+        isolate: bool | None = None,
     ) -> None:
         if not (isinstance(interval_s, int | float) and math.isfinite(interval_s)) or (
             interval_s <= 0
@@ -157,10 +155,17 @@ class Sampler:
         self.reason = "" if enabled else "disabled"
         self.gpus: list[dict[str, Any]] = []
         self.errors: list[str] = []
+        #: where samples are taken: "process (SCHED_IDLE)", "thread", or "" when off
+        self.mode = ""
+        #: CPU time of the sampling process / its sampling wall time (process mode, after stop)
+        self.cpu_share: float | None = None
+        self._isolate = nvml is None if isolate is None else isolate
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._child: subprocess.Popen[bytes] | None = None
+        self._reader: GpuReader | HostReader | None = None
         self._rows: list[Row] = []
         self._phase = INITIAL_PHASE
         self._intervals: list[list[Any]] = []  # [name, start, end or None]
@@ -170,13 +175,8 @@ class Sampler:
         self._stopped = False
         self._nvml: Any = None
         self._nvml_initialised = False
-        self._devices: list[_Gpu] = []
-        self._error_types: tuple[type[BaseException], ...] = (Exception,)
-        self._unsupported_types: tuple[type[BaseException], ...] = ()
-        self._const = dict(_CONSTANTS)
-        self._functions: dict[str, Callable[..., Any] | None] = {}
+        self._devices: list[Gpu] = []
         self._throttle_mask = sum(THROTTLE_REASONS.values())
-        self._process: psutil.Process | None = None
         if enabled:
             self._setup(nvml)
 
@@ -187,28 +187,22 @@ class Sampler:
             try:
                 nvml = importlib.import_module("pynvml")
             except ImportError as e:
-                self._use_psutil(f"pynvml not importable: {_error_text(e)}")
+                self._use_psutil(f"pynvml not importable: {error_text(e)}")
                 return
         try:
             nvml.nvmlInit()
         except Exception as e:  # noqa: BLE001 - LibraryNotFound, DriverNotLoaded, OSError, ...
-            self._use_psutil(_error_text(e))
+            self._use_psutil(error_text(e))
             return
         self._nvml, self._nvml_initialised = nvml, True
         try:
             self._open_devices()
         except Exception as e:  # noqa: BLE001
-            self._use_psutil(f"NVML device query failed: {_error_text(e)}")
+            self._use_psutil(f"NVML device query failed: {error_text(e)}")
             return
         if not self._devices:
             return  # _open_devices chose psutil
         self.backend, self.gpu_found, self.reason = "nvml", True, ""
-        self._error_types = (getattr(nvml, "NVMLError", Exception),)
-        self._unsupported_types = tuple(
-            c for c in (getattr(nvml, n, None) for n in _UNSUPPORTED_ERRORS) if isinstance(c, type)
-        )
-        self._const = {name: getattr(nvml, name, value) for name, value in _CONSTANTS.items()}
-        self._functions = {name: getattr(nvml, name, None) for name in NVML_FUNCTIONS}
         self._throttle_mask = 0
         for name, bit in THROTTLE_REASONS.items():
             self._throttle_mask |= int(getattr(nvml, name, bit))
@@ -222,9 +216,9 @@ class Sampler:
             try:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
             except Exception as e:  # noqa: BLE001
-                self._record_error(f"gpu{index}: no handle: {_error_text(e)}")
+                self._record_error(f"gpu{index}: no handle: {error_text(e)}")
                 continue
-            self._devices.append(_Gpu(f"gpu{index}", handle))
+            self._devices.append(Gpu(f"gpu{index}", handle))
             self.gpus.append(_static_info(nvml, index, handle))
         if not self._devices:
             if count == 0:
@@ -247,7 +241,7 @@ class Sampler:
         try:
             self._nvml.nvmlShutdown()
         except Exception as e:  # noqa: BLE001
-            self._record_error(f"nvmlShutdown: {_error_text(e)}")
+            self._record_error(f"nvmlShutdown: {error_text(e)}")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -272,12 +266,53 @@ class Sampler:
             self._intervals = [[self._phase, 0.0, None]]
         if self.backend == "off":
             return
-        if self.backend == "psutil":
-            self._process = psutil.Process()
-            psutil.cpu_percent(interval=None)
-        self._sample_safe()
+        if self._isolate and self._start_process():
+            return
+        self.mode = "thread"
+        if self.backend == "nvml":
+            self._reader = GpuReader(self._nvml, self._devices)
+        else:
+            self._reader = HostReader(os.getpid())
+        self._take()
         self._thread = threading.Thread(target=self._run, name="detbench-telemetry", daemon=True)
         self._thread.start()
+
+    def _start_process(self) -> bool:
+        """Start ``python -m runner.probe``; False (and the reason recorded) if it cannot."""
+        command = [sys.executable, "-m", "runner.probe", "--interval", repr(self.interval_s),
+                   "--backend", self.backend, "--pid", str(os.getpid()),
+                   "--gpus", ",".join(str(g["index"]) for g in self.gpus)]
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+        try:
+            self._child = subprocess.Popen(command, stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           bufsize=0, env=env)
+        except OSError as e:
+            self._record_error(f"sampling process did not start ({error_text(e)}); "
+                               "sampling in a thread")
+            return False
+        if not self._await_ready(self._child):
+            return False
+        self.mode = "process"
+        return True
+
+    def _await_ready(self, child: subprocess.Popen[bytes]) -> bool:
+        """Wait until the sampling process has taken its first sample, so that sampling runs
+        when start() returns; False (process ended, reason recorded) if it does not say so."""
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], START_TIMEOUT_S)
+        line = child.stdout.readline() if ready else b""
+        if line == READY.encode():
+            return True
+        child.kill()
+        _, err = child.communicate()
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
+        self._record_error(f"sampling process did not start (exit {child.returncode}: "
+                           f"{' | '.join(tail) or 'no output'}); sampling in a thread")
+        self._child = None
+        return False
 
     def stop(self) -> None:
         """Stop sampling (after one last sample) and release NVML; safe to call twice."""
@@ -288,13 +323,38 @@ class Sampler:
             self._stop_event.set()
             self._wake.set()
             self._thread.join()
+            self._take()
+        if self._child is not None:
+            self._collect(self._child)
+        if self._reader is not None:
+            self._reader.close()
         if self._started:
-            if self.backend != "off":
-                self._sample_safe()
             with self._lock:
                 self._end_t = self._now()
                 self._intervals[-1][2] = self._end_t
         self._shutdown_nvml()
+
+    def _collect(self, child: subprocess.Popen[bytes]) -> None:
+        """Ask the sampling process for its last sample and its rows."""
+        try:
+            out, err = child.communicate(b"q", timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
+        try:
+            got = json.loads(out)
+        except ValueError:
+            tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
+            self._record_error(f"sampling process exited {child.returncode} without its "
+                               f"samples: {' | '.join(tail) or 'no output'}")
+            return
+        self.mode = f"process ({got.get('priority', 'default')})"
+        if got.get("wall_s"):
+            self.cpu_share = float(got["cpu_s"]) / float(got["wall_s"])
+        with self._lock:
+            self._rows.extend(tuple(row) for row in got.get("rows", []))
+        for message in got.get("errors", []):
+            self._record_error(message)
 
     def mark_phase(self, name: str) -> None:
         """Start phase ``name`` now; before start() it names the phase sampling starts in."""
@@ -307,84 +367,39 @@ class Sampler:
             t = self._now()
             self._intervals[-1][2] = t
             self._intervals.append([name, t, None])
-        self._wake.set()  # sample right away, so that short phases get a sample
+        self._sample_soon()  # so that short phases get a sample
+
+    def _sample_soon(self) -> None:
+        if self._child is not None and self._child.stdin is not None:
+            try:
+                self._child.stdin.write(b"s")
+            except OSError as e:
+                self._record_error(f"sampling process: {error_text(e)}")
+        else:
+            self._wake.set()
 
     def _now(self) -> float:
         return time.monotonic() - self._t0
 
-    # -- sampling ----------------------------------------------------------------------------
+    # -- sampling (thread mode) --------------------------------------------------------------
 
     def _run(self) -> None:
-        next_t = time.monotonic()
-        while True:
-            next_t += self.interval_s
-            delay = next_t - time.monotonic()
-            if delay <= 0:  # sampling is slower than the interval: skip the missed ticks
-                next_t, delay = time.monotonic() + self.interval_s, self.interval_s
-            self._wake.wait(delay)
-            self._wake.clear()
-            if self._stop_event.is_set():
-                return
-            self._sample_safe()
+        sample_loop(self._take, self.interval_s, self._wait)
 
-    def _sample_safe(self) -> None:
+    def _wait(self, delay: float) -> bool:
+        self._wake.wait(delay)
+        self._wake.clear()
+        return not self._stop_event.is_set()
+
+    def _take(self) -> None:
+        assert self._reader is not None
         try:
-            self._sample()
+            rows = self._reader.rows()
         except Exception as e:  # noqa: BLE001
             self._record_error(f"sample: {type(e).__name__}: {e}")
-
-    def _sample(self) -> None:
-        with self._lock:
-            t, phase = self._now(), self._phase
-        if self.backend == "nvml":
-            rows = [self._gpu_row(gpu, t, phase) for gpu in self._devices]
-        else:
-            rows = [self._cpu_row(t, phase)]
+            return
         with self._lock:
             self._rows.extend(rows)
-
-    def _read(self, gpu: _Gpu, name: str, *args: Any) -> Any:
-        """One NVML call; None if it fails, and never again on this GPU if unsupported."""
-        if name in gpu.unsupported:
-            return None
-        fn = self._functions.get(name)
-        if fn is None:
-            gpu.unsupported.add(name)
-            return None
-        try:
-            return fn(gpu.handle, *args)
-        except self._error_types as e:
-            if isinstance(e, self._unsupported_types):
-                gpu.unsupported.add(name)
-            return None
-
-    def _gpu_row(self, gpu: _Gpu, t: float, phase: str) -> Row:
-        util = self._read(gpu, "nvmlDeviceGetUtilizationRates")
-        memory = self._read(gpu, "nvmlDeviceGetMemoryInfo")
-        return (
-            t,
-            phase,
-            gpu.label,
-            None if util is None else util.gpu,
-            None if util is None else util.memory,
-            None if memory is None else memory.used / _MB,
-            _scaled(self._read(gpu, "nvmlDeviceGetPowerUsage"), 1e-3),
-            self._read(gpu, "nvmlDeviceGetClockInfo", self._const["NVML_CLOCK_SM"]),
-            self._read(gpu, "nvmlDeviceGetTemperature", self._const["NVML_TEMPERATURE_GPU"]),
-            self._read(gpu, "nvmlDeviceGetCurrentClocksThrottleReasons"),
-            _scaled(self._read(gpu, "nvmlDeviceGetTotalEnergyConsumption"), 1e-3),
-        )
-
-    def _cpu_row(self, t: float, phase: str) -> Row:
-        assert self._process is not None
-        return (
-            t,
-            phase,
-            "cpu",
-            psutil.cpu_percent(interval=None),
-            psutil.virtual_memory().used / _MB,
-            self._process.memory_info().rss / _MB,
-        )
 
     def _record_error(self, message: str) -> None:
         if len(self.errors) < MAX_ERRORS:
@@ -400,9 +415,21 @@ class Sampler:
 
     def samples(self) -> list[dict[str, Value]]:
         keys = ("t_s", "phase", "device", *self._fields)
+        return [dict(zip(keys, row, strict=True)) for row in self._tagged()]
+
+    def _tagged(self) -> list[Tagged]:
+        """Rows as (t_s, phase, device, *fields): t_s from start(), the phase whose interval
+        holds t_s (the later one when a sample falls on a mark)."""
+        intervals = self._closed_intervals()
         with self._lock:
             rows = list(self._rows)
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        starts = [start for _, start, _ in intervals]
+        tagged: list[Tagged] = []
+        for t_abs, *rest in rows:
+            t = float(t_abs) - self._t0  # type: ignore[arg-type]
+            index = max(bisect.bisect_right(starts, t) - 1, 0)
+            tagged.append((t, intervals[index][0] if intervals else self._phase, *rest))
+        return tagged
 
     def _closed_intervals(self) -> list[tuple[str, float, float]]:
         with self._lock:
@@ -431,8 +458,7 @@ class Sampler:
         windows = [(s, e) for name, s, e in self._closed_intervals() if name == phase]
         if not windows:
             return {}
-        with self._lock:
-            rows = list(self._rows)
+        rows = self._tagged()
         in_phase = [row for row in rows if row[1] == phase]
         out = {"samples_count": float(len({row[0] for row in in_phase}))}
         if self.backend == "nvml":
@@ -441,11 +467,11 @@ class Sampler:
             out.update(self._cpu_summary(in_phase))
         return out
 
-    def _column(self, rows: list[Row], name: str) -> list[float]:
+    def _column(self, rows: list[Tagged], name: str) -> list[float]:
         index = 3 + self._fields.index(name)
         return [float(v) for row in rows if (v := row[index]) is not None]
 
-    def _cpu_summary(self, rows: list[Row]) -> dict[str, float]:
+    def _cpu_summary(self, rows: list[Tagged]) -> dict[str, float]:
         out: dict[str, float] = {}
         if cpu := self._column(rows, "cpu_util_pct"):
             out["cpu_util_mean"], out["cpu_util_max"] = _mean(cpu), max(cpu)
@@ -455,8 +481,8 @@ class Sampler:
 
     def _gpu_summary(
         self,
-        rows: list[Row],
-        in_phase: list[Row],
+        rows: list[Tagged],
+        in_phase: list[Tagged],
         windows: list[tuple[float, float]],
         num_images: int | None,
     ) -> dict[str, float]:
@@ -485,7 +511,7 @@ class Sampler:
             out["gpu_energy_counter_j"] = counter
         return out
 
-    def _series(self, rows: list[Row], name: str) -> dict[str, tuple[list[float], list[float]]]:
+    def _series(self, rows: list[Tagged], name: str) -> dict[str, tuple[list[float], list[float]]]:
         """Device -> (times, values) of one field, skipping missing values."""
         index = 3 + self._fields.index(name)
         series: dict[str, tuple[list[float], list[float]]] = {}
@@ -497,14 +523,16 @@ class Sampler:
         return series
 
     def _integral(
-        self, rows: list[Row], windows: list[tuple[float, float]], name: str
+        self, rows: list[Tagged], windows: list[tuple[float, float]], name: str
     ) -> float | None:
         series = self._series(rows, name)
         if not series:
             return None
         return sum(integrate(ts, vs, s, e) for ts, vs in series.values() for s, e in windows)
 
-    def _counter_delta(self, rows: list[Row], windows: list[tuple[float, float]]) -> float | None:
+    def _counter_delta(
+        self, rows: list[Tagged], windows: list[tuple[float, float]]
+    ) -> float | None:
         """Energy from NVML's cumulative energy counter (Volta and newer), interpolated."""
         series = self._series(rows, "energy_counter_j")
         if not series:

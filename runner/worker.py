@@ -182,7 +182,8 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
     try:
         env = {**environment.collect(sampler.gpus), "telemetry.backend": sampler.backend,
                "telemetry.gpu_found": str(sampler.gpu_found).lower(),
-               "telemetry.reason": sampler.reason or ""}
+               "telemetry.reason": sampler.reason or "",
+               "telemetry.sampler": sampler.mode or "off"}
         (job_dir / "environment.json").write_text(json.dumps(env, indent=1))
         sampler.mark_phase("load")
         start = time.perf_counter()
@@ -244,8 +245,8 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
             write_csv(job_dir / "samples.csv", samples)
         (job_dir / "telemetry.json").write_text(json.dumps(
             {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
-             "reason": sampler.reason, "errors": sampler.errors,
-             "phases": sampler.phase_times()}, indent=1, default=str))
+             "reason": sampler.reason, "errors": sampler.errors, "sampler": sampler.mode,
+             "sampler_cpu_share": sampler.cpu_share, "phases": sampler.phase_times()}, indent=1, default=str))
     backend_metrics = backend.metrics()
     return {"latencies": np.concatenate(latencies, axis=1), "results": results,
             "timings": timings,

@@ -187,6 +187,50 @@ def test_psutil_backend_on_this_machine() -> None:
     assert sampler.errors == []
 
 
+def test_samples_in_a_separate_process_by_default() -> None:
+    sampler = Sampler(interval_s=INTERVAL)
+    if sampler.gpu_found:
+        sampler.stop()
+        pytest.skip("this machine has a GPU")
+    threads_before = threading.active_count()
+    run_phases(sampler)
+    assert threading.active_count() == threads_before  # no sampling thread in this process
+    assert sampler.mode.startswith("process")
+    assert sampler.cpu_share is not None and 0 <= sampler.cpu_share < 0.5
+    assert sampler.summary("timed")["samples_count"] >= 5  # 0.12 s at 10 ms
+
+
+def test_thread_when_not_isolated() -> None:
+    sampler = run_phases(Sampler(interval_s=INTERVAL, isolate=False))
+    assert sampler.mode == "thread" and sampler.cpu_share is None
+    assert sampler.summary("timed")["samples_count"] >= 5
+    assert_consistent_phases(sampler, ["start", "load", "timed", "done"])
+
+
+@pytest.mark.parametrize("executable", ["/nonexistent/python", "/bin/false"])
+def test_falls_back_to_a_thread_when_the_process_cannot_start(
+    monkeypatch: pytest.MonkeyPatch, executable: str
+) -> None:
+    monkeypatch.setattr(telemetry.sys, "executable", executable)
+    sampler = run_phases(Sampler(interval_s=INTERVAL, isolate=True))
+    assert sampler.mode == "thread"
+    assert len(sampler.errors) == 1 and "sampling in a thread" in sampler.errors[0]
+    assert sampler.summary("timed")["samples_count"] >= 5
+
+
+def test_a_sampling_process_that_dies_costs_its_samples_only() -> None:
+    sampler = Sampler(interval_s=INTERVAL, isolate=True)
+    sampler.start()
+    assert sampler._child is not None
+    sampler._child.kill()
+    sampler._child.wait()
+    sampler.mark_phase("timed")  # the pipe is broken: recorded, not raised
+    sampler.stop()
+    assert sampler.samples() == []
+    assert any("without its samples" in e for e in sampler.errors), sampler.errors
+    assert list(sampler.phase_times()) == ["start", "timed"]
+
+
 def test_nvml_init_error_falls_back_to_psutil() -> None:
     fake = FakeNvml([FakeGpu()], init_error=FakeNVMLError("NVML Shared Library Not Found"))
     sampler = Sampler(interval_s=INTERVAL, nvml=fake)
