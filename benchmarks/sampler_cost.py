@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = common.Report("sampler_cost", args.quick)
     common.header(report, "timed loop with Sampler at 50 ms / 10 ms vs off, interleaved")
     demo_inputs = common.input_tensors(10, 480, 640, seed=1)
-    measure_model(report, "demo", common.DEMO_MODEL, demo_inputs, 20 if args.quick else 150,
+    measure_model(report, "demo", common.DEMO_MODEL, demo_inputs, 8 if args.quick else 150,
                   checked=True)
     if not args.quick:
         with tempfile.TemporaryDirectory(prefix="detbench-tiny-") as tmp:

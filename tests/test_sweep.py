@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 def _sweep(tmp_path: Path, uri: str, paths: str, *extra: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "runner", "-m", f"hydra.sweep.dir={tmp_path / 'multi'}",
            "model=custom", f"model.path={paths}", "dataset.num_images=3", "benchmark.warmup=1",
-           "benchmark.timeout_s=25", "benchmark.telemetry=false", *extra]
+           "benchmark.timeout_s=15", "benchmark.telemetry=false", *extra]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
 
