@@ -43,7 +43,7 @@ def test_host_reader_cpu_is_none_without_a_clock_tick() -> None:
     finally:
         reader.close()
     assert None in rows  # not a made-up 0%
-    assert all(v is None or 0.0 <= float(v) <= 100.0 for v in rows)  # type: ignore[arg-type]
+    assert all(v is None or 0.0 <= float(v) <= 100.0 for v in rows)
 
 
 def test_sample_loop_keeps_the_grid_and_stops() -> None:
