@@ -30,6 +30,9 @@ class Dataset:
     annotations: Path
     images: tuple[ImageRecord, ...]
     keypoint_annotations: Path | None = None  # person keypoints, for keypoint models' OKS metrics
+    #: the annotation file's other images, left out by ``num_images`` (INT8 calibration draws
+    #: from them without loading the dataset again); their files are not checked here
+    unscored: tuple[ImageRecord, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,20 +77,20 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
         ann_path = Path(cfg.annotations).expanduser()
     doc = _read_annotations(ann_path)
     infos = sorted(doc["images"], key=lambda info: int(info["id"]))
-    if cfg.num_images is not None:
-        if cfg.num_images > len(infos):
-            raise ConfigError(f"dataset.num_images={cfg.num_images} exceeds the {len(infos)} "
-                              f"images of {str(ann_path)!r}")
-        infos = infos[: cfg.num_images]
-    records = tuple(
+    if cfg.num_images is not None and cfg.num_images > len(infos):
+        raise ConfigError(f"dataset.num_images={cfg.num_images} exceeds the {len(infos)} "
+                          f"images of {str(ann_path)!r}")
+    every = tuple(
         ImageRecord(int(i["id"]), images_dir / i["file_name"], int(i["width"]), int(i["height"]))
         for i in infos
     )
+    cut = len(every) if cfg.num_images is None else cfg.num_images
+    records, unscored = every[:cut], every[cut:]
     missing = [r.path for r in records if not r.path.is_file()]
     if missing:
         raise ConfigError(f"{len(missing)} image file(s) listed in {str(ann_path)!r} are missing, "
                           f"e.g. {str(missing[0])!r}")
-    return Dataset(cfg.name, cfg.display_name, ann_path, records, keypoints)
+    return Dataset(cfg.name, cfg.display_name, ann_path, records, keypoints, unscored)
 
 
 def chunked(records: Sequence[ImageRecord], size: int) -> Iterator[Sequence[ImageRecord]]:

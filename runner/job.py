@@ -207,14 +207,17 @@ def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[A
     trt = cfg.precision.trt
     if cfg.precision.backend != "tftrt" or trt.precision_mode != "INT8":
         return []
-    candidates = dataset.images
-    if trt.calibration_source == "disjoint":
-        split = cfg.dataset.calibration_split
-        source = replace(cfg.dataset, split=split, num_images=None) if split else replace(
-            cfg.dataset, num_images=None)
+    candidates = dataset.images + dataset.unscored
+    split = cfg.dataset.calibration_split
+    if trt.calibration_source == "disjoint" and split:
+        source = replace(cfg.dataset, split=split, num_images=None)
         candidates = data.load_dataset(source, cfg.cache_dir).images
     chosen = calibration.select(candidates, dataset.images, trt.calibration_images,
                                 trt.calibration_source)
+    missing = [r.path for r in chosen if not r.path.is_file()]
+    if missing:
+        raise config.ConfigError(f"{len(missing)} calibration image file(s) are missing, e.g. "
+                          f"{str(missing[0])!r}")
     rows = [(r.image_id, str(r.path), r.width, r.height) for r in chosen]
     (job_dir / "calibration.json").write_text(json.dumps(
         {"source": trt.calibration_source, "count": len(rows), "images": rows}, indent=1))

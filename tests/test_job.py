@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.entities import Run
@@ -101,3 +103,34 @@ def test_multirun_over_warmup(tmp_path: Path) -> None:
     runs = _runs(uri)
     assert sorted(r.data.params["benchmark.warmup"] for r in runs) == ["1", "2"]
     assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def _int8(tmp_path: Path, *overrides: str) -> tuple[list[Any], Any]:
+    from runner import config, data, job
+    from tests.conftest import compose_job
+
+    cfg = config.to_object(compose_job(["precision=trt_int8", "dataset.num_images=20",
+                                        "precision.trt.calibration_images=8", *overrides]))
+    dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
+    return job._calibration(cfg, dataset, tmp_path), dataset
+
+
+def test_int8_calibration_draws_unscored_images_without_a_second_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner import data
+
+    real_load = data.load_dataset
+    loads: list[str] = []
+
+    def counted(cfg: Any, cache_dir: str) -> data.Dataset:
+        loads.append(cfg.split)
+        return real_load(cfg, cache_dir)
+
+    monkeypatch.setattr(data, "load_dataset", counted)
+    rows, dataset = _int8(tmp_path, "dataset.calibration_split=null")
+    scored = {r.image_id for r in dataset.images}
+    assert len(rows) == 8 and not scored & {row[0] for row in rows}
+    assert {row[0] for row in rows} <= {r.image_id for r in dataset.unscored}
+    assert loads == ["val"]  # the job's own load only
+    assert json.loads((tmp_path / "calibration.json").read_text())["count"] == 8
