@@ -155,16 +155,16 @@ class SweepParentRun(Callback):
             client.set_tag(self.run_id, key, value)
 
     def _child_statuses(self) -> list[str]:
-        from runner.export import search_all_runs
+        from runner.runs import search_all_runs
 
         runs = search_all_runs(self.uri, f"tags.`mlflow.parentRunId` = '{self.run_id}'")
         return [r.info.status for r in runs]
 
     def _attach_report(self) -> None:
-        from runner import export, tracking
+        from runner import export, runs, tracking
 
         assert self.run_id is not None
-        children = export.load_runs(self.uri, export.Filters(parent=self.run_id))
+        children = runs.load_runs(self.uri, runs.Filters(parent=self.run_id))
         with tempfile.TemporaryDirectory(prefix="detbench-sweep-") as tmp:
             out = self._report_dir or Path(tmp)
             paths = export.write_report(children, out, export.parse_extra(self.extra),

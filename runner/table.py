@@ -26,6 +26,11 @@ METRIC_OF_COLUMN: dict[str, str] = {
     "latency_min(ms)": "latency_min_ms",
 }
 PERCENT_COLUMNS = frozenset(COLUMNS[3:15])
+#: Columns an export adds: the environment of each row (mixed environments only), and the 95%
+#: interval of images/sec (as text in table.md, as its two bounds in table.csv).
+ENV_COLUMN = "Environment"
+CI_COLUMN = "images/sec 95% CI"
+CI_LOW, CI_HIGH = "images/sec_ci_low", "images/sec_ci_high"
 
 
 def row(model: str, resolution: str, precision: str,

@@ -21,6 +21,7 @@ RETRY_S = 120.0  # how long a store call is retried while SQLite reports "databa
 # A dead tracking server should fail a call in seconds, not after MLflow's default ~2 minutes.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+_ARTIFACT_PROGRESS_VAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -278,3 +279,20 @@ class Tracker:
 
 def runs_table_link(experiment_id: str) -> str:
     return f"{UI_HOST}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def download_artifact(uri: str, run_id: str, artifact: str, dst: Path) -> Path:
+    """One artifact of a run, without MLflow's progress bar."""
+    import mlflow.artifacts
+
+    previous = os.environ.get(_ARTIFACT_PROGRESS_VAR)
+    os.environ[_ARTIFACT_PROGRESS_VAR] = "false"
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
+                                                    dst_path=str(dst), tracking_uri=uri)
+    finally:
+        if previous is None:
+            os.environ.pop(_ARTIFACT_PROGRESS_VAR, None)
+        else:
+            os.environ[_ARTIFACT_PROGRESS_VAR] = previous
+    return Path(local)

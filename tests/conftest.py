@@ -34,3 +34,14 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, cache_dir: Path, tmp_path: Pa
 def compose_job(overrides: list[str] | None = None) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=overrides or [])
+
+
+def check_png(path: Path, size: tuple[int, int]) -> None:
+    """A real PNG of ``size`` pixels with more than 16 colours (not blank)."""
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as image:
+        assert image.size == size
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 16, f"{path.name} looks blank"

@@ -24,24 +24,22 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
-from runner import export
+from runner import export, plots, runs
 from runner.callbacks import PARENT_ENV, SWEEP_TAG
 from runner.config import BenchmarkConfig
-from runner.export import (
+from runner.export import write_report
+from runner.runs import RUN_COLUMNS, ExportError, MixedEnvironmentsError, load_runs
+from runner.table import (
+    CI_COLUMN,
     CI_HIGH,
     CI_LOW,
+    COLUMNS,
     ENV_COLUMN,
-    RUN_COLUMNS,
-    ExportError,
-    Filters,
-    MixedEnvironmentsError,
-    load_runs,
-    write_report,
+    METRIC_OF_COLUMN,
+    PERCENT_COLUMNS,
 )
-from runner.table import COLUMNS, METRIC_OF_COLUMN, PERCENT_COLUMNS
-from tests.conftest import CONF_DIR
+from tests.conftest import CONF_DIR, check_png
 
 CALLBACK = "++hydra.callbacks.sweep_parent._target_=runner.callbacks.SweepParentRun"
 PLOTS = ("latency_mean.png", "ap_vs_latency.png", "throughput.png")
@@ -251,14 +249,6 @@ def _check_table_against_runs(path: Path, runs: list[Run]) -> None:
             assert all(row[c] == "" for c in COLUMNS[4:]), row  # empty, never zeros
 
 
-def _check_png(path: Path, size: tuple[int, int]) -> None:
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with Image.open(path) as image:
-        assert image.size == size
-        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
-    assert colours is not None and len(colours) > 16, f"{path.name} looks blank"
-
-
 def _frame(*rows: dict[str, object]) -> pd.DataFrame:
     """A load_runs-like frame from partial rows (FINISHED, one environment by default)."""
     base = {"status": "FINISHED", "precision_display": "Native FP32", "resolution": "640x640",
@@ -314,22 +304,22 @@ def test_csv_round_trips_with_raw_numbers(produced: Produced, tmp_path: Path) ->
 def test_plots_are_real_pngs(produced: Produced, tmp_path: Path) -> None:
     paths = write_report(load_runs(produced.uri), tmp_path)
     assert [p.name for p in paths] == ["table.md", "table.csv", *PLOTS]
-    _check_png(tmp_path / "latency_mean.png", SMALL_BAR_PX)
-    _check_png(tmp_path / "throughput.png", SMALL_BAR_PX)
-    _check_png(tmp_path / "ap_vs_latency.png", (800, 600))
+    check_png(tmp_path / "latency_mean.png", SMALL_BAR_PX)
+    check_png(tmp_path / "throughput.png", SMALL_BAR_PX)
+    check_png(tmp_path / "ap_vs_latency.png", (800, 600))
 
 
 def test_timeline_falls_back_to_cpu_with_warmup_phase(produced: Produced, tmp_path: Path) -> None:
     run = _runs(produced.uri)[0]
-    samples = export.load_samples(produced.uri, run.info.run_id)
-    assert export._timeline_quantities(samples) == ("cpu_util_pct", ["cpu"], None)
-    spans = export.phase_spans(samples)
+    samples = plots.load_samples(produced.uri, run.info.run_id)
+    assert plots._timeline_quantities(samples) == ("cpu_util_pct", ["cpu"], None)
+    spans = plots.phase_spans(samples)
     (warm,) = [(s, e) for p, s, e in spans if p == "warmup"]
     assert warm[0] < warm[1]
     assert export.main(["--uri", produced.uri, "--out", str(tmp_path),
                         "--timeline", run.info.run_id]) == 0
     assert [p.name for p in tmp_path.iterdir()] == [f"timeline_{run.info.run_id}.png"]
-    _check_png(tmp_path / f"timeline_{run.info.run_id}.png", (1200, 500))
+    check_png(tmp_path / f"timeline_{run.info.run_id}.png", (1200, 500))
 
 
 def test_filters_select_by_tags_status_and_parent(produced: Produced) -> None:
@@ -384,7 +374,7 @@ def test_extra_columns(produced: Produced, tmp_path: Path) -> None:
                                                             "gpu", "energy", "ci"])
     header, rows = _parse(tmp_path / "table.md")
     extra = ["90th_percentile(ms)", "95th_percentile(ms)", "gpu_util_mean(%)",
-             "energy_per_image(J)", export.CI_COLUMN]
+             "energy_per_image(J)", CI_COLUMN]
     assert header == [*COLUMNS, *extra]  # no keypoints.AP / segm.AP logged: left out
     csv = pd.read_csv(tmp_path / "table.csv")
     for cells, run, (_, raw) in zip(rows, runs, csv.iterrows(), strict=True):
@@ -397,7 +387,7 @@ def test_extra_columns(produced: Produced, tmp_path: Path) -> None:
         assert row["95th_percentile(ms)"] == f"{m['latency_p95_ms']:.2f}"
         gpu = m.get("gpu_util_mean")
         assert row["gpu_util_mean(%)"] == ("" if gpu is None else f"{gpu:.2f}")
-        low, high = (float(x) for x in row[export.CI_COLUMN].split("-"))
+        low, high = (float(x) for x in row[CI_COLUMN].split("-"))
         assert low <= round(m["images_per_sec"], 2) <= high
         assert raw[CI_LOW] <= m["images_per_sec"] <= raw[CI_HIGH]
 
@@ -432,7 +422,7 @@ def test_mixed_environments_refused_then_labelled(produced: Produced, tmp_path: 
         mine = f"{tags['env.gpu_name']}, TF {tags['env.tensorflow']}"
     assert [r[-1] for r in rows] == [mine, "Tesla P100-PCIE-16GB, TF 2.4.1", mine, mine]
     assert list(pd.read_csv(out / "table.csv")[ENV_COLUMN]) == [r[-1] for r in rows]
-    _check_png(out / "latency_mean.png", SMALL_BAR_PX)
+    check_png(out / "latency_mean.png", SMALL_BAR_PX)
 
     one = tmp_path / "one"
     assert export.main(["--uri", uri, "--out", str(one), "--gpu", "p100"]) == 0
@@ -468,14 +458,14 @@ def test_http_server_reads_back_the_same_table(produced: Produced, tmp_path: Pat
 
     assert h_header == e_header and labels(h_rows) == labels(e_rows)
     for path in via_http[2:]:
-        _check_png(path, (800, 600) if path.name == "ap_vs_latency.png" else SMALL_BAR_PX)
+        check_png(path, (800, 600) if path.name == "ap_vs_latency.png" else SMALL_BAR_PX)
 
     client = MlflowClient(server.uri)
     (parent,) = [r for r in client.search_runs(["1"]) if r.data.tags.get(SWEEP_TAG) == "true"]
     assert parent.info.status == "FAILED"
     assert {"table.md", *PLOTS} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
     finished = next(r for r in runs if r.info.status == "FINISHED").info.run_id
-    _check_png(export.plot_timeline(server.uri, finished, tmp_path), (1200, 500))
+    check_png(plots.plot_timeline(server.uri, finished, tmp_path), (1200, 500))
     ci = write_report(load_runs(server.uri), tmp_path / "ci", extra=["ci"])
     assert pd.read_csv(ci[1])[CI_LOW].notna().sum() == 2  # latencies.csv through the proxy
 
@@ -484,44 +474,6 @@ def test_http_server_reads_back_the_same_table(produced: Produced, tmp_path: Pat
 
 
 # -- on hand-made runs --------------------------------------------------------------------------
-
-
-def test_timeline_of_gpu_samples_and_from_metric_history(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'gpu.db'}"
-    client = MlflowClient(uri)
-    exp = client.create_experiment("detbench")
-    rows = []
-    for i in range(60):
-        t = i * 0.1
-        phase = "load" if t < 1 else "prepare" if t < 1.5 else "warmup" if t < 2.5 else \
-            "timed" if t < 5.8 else "done"
-        for gpu in ("gpu0", "gpu1"):
-            rows.append({"t_s": t, "phase": phase, "device": gpu,
-                         "gpu_util_pct": 90.0 if phase in ("warmup", "timed") else 5.0,
-                         "power_w": 250.0 if phase == "timed" else 60.0 + i})
-    pd.DataFrame(rows).to_csv(tmp_path / "samples.csv", index=False)
-    run = client.create_run(exp, run_name="gpu run").info.run_id
-    client.log_artifact(run, str(tmp_path / "samples.csv"))
-    samples = export.load_samples(uri, run)
-    assert export._timeline_quantities(samples) == ("gpu_util_pct", ["gpu0", "gpu1"], "power_w")
-    spans = export.phase_spans(samples)
-    assert [p for p, _, _ in spans] == ["load", "prepare", "warmup", "timed", "done"]
-    assert spans[2][1:] == pytest.approx((1.5, 2.5))
-    out = export.plot_timeline(uri, run, tmp_path / "out")
-    assert out.name == f"timeline_{run}.png"
-    _check_png(out, (1200, 500))
-
-    bare = client.create_run(exp, run_name="series only").info.run_id
-    for i in range(20):  # the time series alone (no samples.csv): no phases
-        client.log_metric(bare, "sample.gpu0.gpu_util_pct", 10.0 * (i % 10), 1_000 + 50 * i, i)
-        client.log_metric(bare, "sample.gpu0.power_w", 100.0 + i, 1_000 + 50 * i, i)
-    samples = export.load_samples(uri, bare)
-    assert list(samples["t_s"]) == pytest.approx([0.05 * i for i in range(20)])
-    assert export.phase_spans(samples) == []
-    _check_png(export.plot_timeline(uri, bare, tmp_path / "out"), (1200, 500))
-    empty = client.create_run(exp, run_name="nothing").info.run_id
-    with pytest.raises(ExportError, match="no utilization samples"):
-        export.plot_timeline(uri, empty, tmp_path / "out")
 
 
 def test_zoo_models_follow_the_public_table_order() -> None:
@@ -568,22 +520,19 @@ def test_empty_selection_writes_the_header_and_no_plots(tmp_path: Path) -> None:
 def test_environment_labels_disambiguate_and_unknown_keys_do_not_count() -> None:
     df = _frame({"env_key": "aaa", "gpu_name": "A100"}, {"env_key": "bbb", "gpu_name": "A100"},
                 {"env_key": None, "status": "FAILED"})
-    assert export.environment_labels(df) == {"aaa": "A100, TF 2.99 [aaa]",
+    assert runs.environment_labels(df) == {"aaa": "A100, TF 2.99 [aaa]",
                                              "bbb": "A100, TF 2.99 [bbb]"}
-    assert export.check_environments(df.iloc[[0, 2]]) is None  # no env.key: not another one
+    assert runs.check_environments(df.iloc[[0, 2]]) is None  # no env.key: not another one
     report = export.build_report(df, mix_environments=True)
     assert [r[ENV_COLUMN] for r in report.rows] == ["A100, TF 2.99 [aaa]",
                                                     "A100, TF 2.99 [bbb]", "unknown"]
 
 
-def test_pareto_front_and_extra_names() -> None:
-    lat, ap = [10.0, 20.0, 15.0, 30.0, 10.0, 40.0], [30.0, 40.0, 25.0, 45.0, 20.0, 44.0]
-    assert export.pareto_front(lat, ap) == [0, 1, 3]
+def test_extra_names() -> None:
     assert export.parse_extra("p90, ci,p90") == ("p90", "ci")
     assert export.parse_extra(["all"]) == tuple(export.EXTRAS)
     with pytest.raises(ExportError, match="unknown extra column.*bogus.*valid: p90"):
         export.parse_extra("p90,bogus")
-    assert Filters.of({"models": "a", "parent": "p"}) == Filters(models=("a",), parent="p")
 
 
 def test_cli_exit_codes(produced: Produced, tmp_path: Path,
