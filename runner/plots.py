@@ -97,15 +97,20 @@ def plot_latency_mean(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     values = data["latency_mean(ms)"].to_numpy()
     bars = ax.barh(range(len(data)), values, color=[colors[p] for p in data["TF-TRT"]])
     ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize=8)
-    ax.set_yticks(range(len(data)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("latency mean (ms), batch 1")
-    ax.set_title("Latency mean per model")
-    ax.margins(x=0.12)
-    ax.grid(axis="x", alpha=0.3)
+    _bar_axes(ax, labels, "latency mean (ms), batch 1", "Latency mean per model", margin=0.12)
     if len(colors) > 1:
         _legend(ax, colors)
     return _save(fig, out_dir / "latency_mean.png")
+
+
+def _bar_axes(ax: Any, labels: Sequence[str], xlabel: str, title: str, margin: float) -> None:
+    """Horizontal bars: one label per bar from the top, value axis gridded, room for values."""
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.margins(x=margin)
+    ax.grid(axis="x", alpha=0.3)
 
 
 def _legend(ax: Any, colors: Mapping[str, Any], title: str = "precision") -> None:
@@ -189,12 +194,8 @@ def plot_throughput(frame: pd.DataFrame, out_dir: Path) -> Path | None:
         bars = ax.barh(ys, values, height=height, color=colors[precision], label=precision,
                        xerr=err, error_kw={"elinewidth": 1, "capsize": 2})
         ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize=7)
-    ax.set_yticks(range(len(groups)), groups, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("images/sec (images / total timed seconds), batch 1")
-    ax.set_title("Throughput per model and precision")
-    ax.margins(x=0.15)
-    ax.grid(axis="x", alpha=0.3)
+    _bar_axes(ax, groups, "images/sec (images / total timed seconds), batch 1",
+              "Throughput per model and precision", margin=0.15)
     ax.legend(title="precision", fontsize=8, loc="best")
     return _save(fig, out_dir / "throughput.png")
 
