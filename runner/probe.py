@@ -248,8 +248,7 @@ def _stdin_waiter(fd: int) -> Callable[[float], bool]:
 
 
 def _cpu_s() -> float:
-    times = os.times()
-    return times.user + times.system
+    return time.process_time()  # user + system, at the clock's resolution (not 10 ms ticks)
 
 
 def _say_ready() -> None:
