@@ -4,6 +4,7 @@ power over time (from its telemetry samples). matplotlib, no display needed."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import tempfile
@@ -252,9 +253,24 @@ def _samples_from_metrics(uri: str, run_id: str) -> pd.DataFrame:
     return wide.reset_index().drop(columns="step").sort_values("t_s")
 
 
+def load_phases(uri: str | None, run_id: str) -> list[tuple[str, float, float]] | None:
+    """The phases the job marked, (name, start, end) on the samples' clock, from the run's
+    telemetry.json; None for a run without them."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="detbench-export-") as tmp:
+            path = tracking.download_artifact(resolve_uri(uri), run_id, "telemetry.json",
+                                              Path(tmp))
+            intervals = json.loads(path.read_text())["intervals"]
+        return [(str(name), float(start), float(end)) for name, start, end in intervals]
+    except Exception as exc:  # noqa: BLE001 - older runs: phases from the samples instead
+        log.info("run %s: no phase intervals (%s); using the samples' phases", run_id, exc)
+        return None
+
+
 def phase_spans(samples: pd.DataFrame) -> list[tuple[str, float, float]]:
     """(phase, start, end) of each stretch of consecutive samples in one phase; a stretch ends
-    where the next one starts (its last sample for the final stretch)."""
+    where the next one starts (its last sample for the final stretch). An approximation of the
+    marked phases (``load_phases``), for runs that did not record them."""
     rows = samples[samples["phase"].notna()].sort_values("t_s", kind="stable")
     if rows.empty:
         return []
@@ -306,7 +322,8 @@ def plot_timeline(uri: str | None, run_id: str, out_dir: str | Path) -> Path:
            xlabel="time since sampling started (s)")
     if twin is not None:
         twin.set(ylabel="power (W)", ylim=(0, None))
-    _mark_phases(ax, phase_spans(samples))
+    phases = load_phases(uri, run_id)
+    _mark_phases(ax, phase_spans(samples) if phases is None else phases)
     handles, labels = ax.get_legend_handles_labels()
     if twin is not None:
         more = twin.get_legend_handles_labels()

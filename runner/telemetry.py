@@ -438,6 +438,11 @@ class Sampler:
             now = self._end_t if self._end_t is not None else self._now()
             return [(n, s, now if e is None else e) for n, s, e in self._intervals]
 
+    def intervals(self) -> list[tuple[str, float, float]]:
+        """Every marked phase in order as (name, start, end) in t_s (a phase marked again, e.g.
+        ``timed`` once per chunk, appears again)."""
+        return self._closed_intervals()
+
     def phase_times(self) -> dict[str, tuple[float, float]]:
         """Phase -> (start, end) in t_s; a phase marked more than once spans first to last."""
         times: dict[str, tuple[float, float]] = {}

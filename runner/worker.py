@@ -246,7 +246,8 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
         (job_dir / "telemetry.json").write_text(json.dumps(
             {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
              "reason": sampler.reason, "errors": sampler.errors, "sampler": sampler.mode,
-             "sampler_cpu_share": sampler.cpu_share, "phases": sampler.phase_times()},
+             "sampler_cpu_share": sampler.cpu_share, "phases": sampler.phase_times(),
+             "intervals": sampler.intervals()},
             indent=1, default=str))
     backend_metrics = backend.metrics()
     return {"latencies": np.concatenate(latencies, axis=1), "results": results,

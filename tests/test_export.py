@@ -313,9 +313,14 @@ def test_timeline_falls_back_to_cpu_with_warmup_phase(produced: Produced, tmp_pa
     run = _runs(produced.uri)[0]
     samples = plots.load_samples(produced.uri, run.info.run_id)
     assert plots._timeline_quantities(samples) == ("cpu_util_pct", ["cpu"], None)
-    spans = plots.phase_spans(samples)
-    (warm,) = [(s, e) for p, s, e in spans if p == "warmup"]
-    assert warm[0] < warm[1]
+    phases = plots.load_phases(produced.uri, run.info.run_id)
+    assert phases is not None
+    names = [p for p, _, _ in phases]
+    assert names[:4] == ["start", "load", "prepare", "warmup"] and names[-1] == "done"
+    (warm,) = [(s, e) for p, s, e in phases if p == "warmup"]
+    assert 0 < warm[0] < warm[1]
+    assert all(a[2] == b[1] for a, b in zip(phases, phases[1:], strict=False))  # contiguous
+    assert {str(p) for p in samples["phase"]} <= set(names)
     assert export.main(["--uri", produced.uri, "--out", str(tmp_path),
                         "--timeline", run.info.run_id]) == 0
     assert [p.name for p in tmp_path.iterdir()] == [f"timeline_{run.info.run_id}.png"]

@@ -1,8 +1,10 @@
-"""runner.plots: the timeline from samples.csv and from the metric histories alone, the
-Pareto front (the report's figures on real runs are checked in tests/test_export.py)."""
+"""runner.plots: the timeline from samples.csv (phases from telemetry.json, else from the
+samples) and from the metric histories alone, the Pareto front (the report's figures on real
+runs are checked in tests/test_export.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -34,9 +36,15 @@ def test_timeline_of_gpu_samples_and_from_metric_history(tmp_path: Path) -> None
     spans = plots.phase_spans(samples)
     assert [p for p, _, _ in spans] == ["load", "prepare", "warmup", "timed", "done"]
     assert spans[2][1:] == pytest.approx((1.5, 2.5))
+    assert plots.load_phases(uri, run) is None  # no telemetry.json: the samples' phases serve
     out = plots.plot_timeline(uri, run, tmp_path / "out")
     assert out.name == f"timeline_{run}.png"
     check_png(out, (1200, 500))
+    marked = [["load", 0.0, 1.02], ["warmup", 1.02, 1.04], ["timed", 1.04, 5.9]]
+    (tmp_path / "telemetry.json").write_text(json.dumps({"intervals": marked}))
+    client.log_artifact(run, str(tmp_path / "telemetry.json"))
+    assert plots.load_phases(uri, run) == [tuple(m) for m in marked]  # a warm-up between samples
+    check_png(plots.plot_timeline(uri, run, tmp_path / "out"), (1200, 500))
 
     bare = client.create_run(exp, run_name="series only").info.run_id
     for i in range(20):  # the time series alone (no samples.csv): no phases
