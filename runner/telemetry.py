@@ -46,7 +46,7 @@ Tagged = tuple[Value, ...]  # (t_s, phase, device, *fields)
 INITIAL_PHASE = "start"  # the phase samples carry before the first mark_phase()
 MAX_ERRORS = 50
 START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 60.0  # the rows of a long run at 10 ms are tens of MB of JSON
 _MB = 1024.0 * 1024.0
 
 # Clock throttle reasons that mean "slowed down by heat or power": pynvml name -> fallback bit.
