@@ -111,3 +111,10 @@ def test_sampling_process_ends_with_its_parent_pipe() -> None:
     assert child.stdin is not None
     child.stdin.close()  # what the parent's death does to the pipe
     assert child.wait(timeout=30) == 0
+
+
+def test_row_functions_are_real_pynvml_names() -> None:
+    import pynvml
+
+    assert [n for n in (*probe.ROW_FUNCTIONS, *probe.CONSTANTS, *probe.UNSUPPORTED_ERRORS)
+            if not hasattr(pynvml, n)] == []

@@ -2,127 +2,20 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
-from types import SimpleNamespace
+from pathlib import Path
 
 import pynvml
 import pytest
 
 from runner import telemetry
 from runner.telemetry import Sampler, integrate, visible_gpu_indices
+from tests import fake_nvml
+from tests.fake_nvml import FakeGpu, FakeNvml, FakeNVMLError
 
 INTERVAL = 0.01
-
-
-class FakeNVMLError(Exception):
-    pass
-
-
-class FakeNotSupported(FakeNVMLError):
-    pass
-
-
-@dataclass
-class FakeGpu:
-    name: str | bytes = "NVIDIA H200"
-    power_mw: int | None = 100_000  # None: NVMLError_NotSupported
-    throttle: int = 0
-    util: int = 80
-    app_clocks_supported: bool = True
-    fail_util_on_call: int = 0  # the nth utilisation call raises RuntimeError (0: never)
-
-
-class FakeNvml:
-    """Stand-in following the pynvml API; state lives in underscore attributes."""
-
-    NVMLError = FakeNVMLError
-    NVMLError_NotSupported = FakeNotSupported
-    NVML_CLOCK_SM = 1
-    NVML_CLOCK_MEM = 2
-    NVML_TEMPERATURE_GPU = 0
-    NVML_CLOCK_ID_APP_CLOCK_TARGET = 1
-    NVML_CLOCK_ID_APP_CLOCK_DEFAULT = 2
-    nvmlClocksThrottleReasonGpuIdle = 0x01
-    nvmlClocksThrottleReasonApplicationsClocksSetting = 0x02
-    nvmlClocksThrottleReasonSwPowerCap = 0x04
-    nvmlClocksThrottleReasonHwSlowdown = 0x08
-    nvmlClocksThrottleReasonSwThermalSlowdown = 0x20
-    nvmlClocksThrottleReasonHwThermalSlowdown = 0x40
-    nvmlClocksThrottleReasonHwPowerBrakeSlowdown = 0x80
-
-    def __init__(self, gpus: list[FakeGpu], init_error: Exception | None = None) -> None:
-        self._gpus = gpus
-        self._init_error = init_error
-        self._calls: Counter[str] = Counter()
-
-    def nvmlInit(self) -> None:
-        self._calls["init"] += 1
-        if self._init_error is not None:
-            raise self._init_error
-
-    def nvmlShutdown(self) -> None:
-        self._calls["shutdown"] += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return len(self._gpus)
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> FakeGpu:
-        return self._gpus[index]
-
-    def nvmlDeviceGetName(self, h: FakeGpu) -> str | bytes:
-        return h.name
-
-    def nvmlDeviceGetUUID(self, h: FakeGpu) -> str:
-        return f"GPU-{self._gpus.index(h)}"
-
-    def nvmlSystemGetDriverVersion(self) -> bytes:
-        return b"570.86.15"
-
-    def nvmlDeviceGetMemoryInfo(self, h: FakeGpu) -> SimpleNamespace:
-        return SimpleNamespace(used=2048 * 2**20, total=143_771 * 2**20)
-
-    def nvmlDeviceGetEnforcedPowerLimit(self, h: FakeGpu) -> int:
-        return 700_000
-
-    def nvmlDeviceGetApplicationsClock(self, h: FakeGpu, clock: int) -> int:
-        return 1980 if clock == self.NVML_CLOCK_SM else 2619
-
-    def nvmlDeviceGetMaxClockInfo(self, h: FakeGpu, clock: int) -> int:
-        return 1980
-
-    def nvmlDeviceGetClock(self, h: FakeGpu, clock: int, clock_id: int) -> int:
-        if not h.app_clocks_supported:
-            raise FakeNotSupported()
-        return 1980 if clock == self.NVML_CLOCK_SM else 2619
-
-    def nvmlDeviceGetUtilizationRates(self, h: FakeGpu) -> SimpleNamespace:
-        self._calls["util"] += 1
-        if self._calls["util"] == h.fail_util_on_call:
-            raise RuntimeError("boom")
-        return SimpleNamespace(gpu=h.util, memory=h.util // 2)
-
-    def nvmlDeviceGetPowerUsage(self, h: FakeGpu) -> int:
-        self._calls["power"] += 1
-        if h.power_mw is None:
-            raise FakeNotSupported()
-        return h.power_mw
-
-    def nvmlDeviceGetClockInfo(self, h: FakeGpu, clock: int) -> int:
-        return 1755
-
-    def nvmlDeviceGetTemperature(self, h: FakeGpu, sensor: int) -> int:
-        return 55
-
-    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h: FakeGpu) -> int:
-        return h.throttle
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, h: FakeGpu) -> int:
-        if h.power_mw is None:
-            raise FakeNotSupported()
-        return int(h.power_mw * time.monotonic())  # mJ of a constant power since boot
 
 
 def run_phases(sampler: Sampler, timed_s: float = 0.12) -> Sampler:
@@ -323,6 +216,30 @@ def test_nvml_two_gpus_energy_and_static_info() -> None:
     assert summary["gpu_throttle_thermal_or_power"] == 0.0
     assert summary["samples_count"] >= 2
     assert "gpu_energy_per_image_j" not in sampler.summary("timed")
+
+
+def test_nvml_sampled_in_the_separate_process(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole GPU path as a job runs it: pynvml imported by name here and in the sampling
+    process (both get the stand-in module first on their path)."""
+    (tmp_path / "pynvml.py").write_text(fake_nvml.module_source())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    sampler = Sampler(interval_s=INTERVAL)
+    assert (sampler.backend, [g["name"] for g in sampler.gpus]) == (
+        "nvml", ["NVIDIA H200", "NVIDIA H200"])
+    run_phases(sampler)
+    assert sampler.mode.startswith("process") and sampler.errors == []
+    rows = sampler.samples()
+    assert {r["device"] for r in rows} == {"gpu0", "gpu1"}
+    assert set(rows[0]) == {"t_s", "phase", "device", *telemetry.GPU_FIELDS}
+    summary = sampler.summary("timed", num_images=10)
+    assert summary["samples_count"] >= 5 and summary["gpu_util_mean"] == 80
+    start, end = sampler.phase_times()["timed"]
+    assert summary["gpu_energy_j"] == pytest.approx(150.0 * (end - start), rel=1e-6)
+    assert summary["gpu_energy_counter_j"] == pytest.approx(150.0 * (end - start), rel=0.05)
 
 
 def test_energy_of_a_short_phase_without_samples_of_its_own() -> None:
