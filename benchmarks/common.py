@@ -17,6 +17,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -167,6 +168,13 @@ def trimmed_mean(values: np.ndarray, cut: float = 0.01) -> float:
 
 
 # -- models and inputs -------------------------------------------------------------------------
+
+
+@contextmanager
+def tiny_model() -> Iterator[Path]:
+    """``build_tiny_model`` in a temporary directory, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="detbench-tiny-") as tmp:
+        yield build_tiny_model(Path(tmp) / "tiny")
 
 
 def build_tiny_model(directory: Path, detections: int = 100) -> Path:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,8 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.header(report, "runner timed loop vs bare signature loop, interleaved")
     demo_inputs = common.input_tensors(5, 480, 640, seed=1)
     measure_model(report, "demo", common.DEMO_MODEL, demo_inputs, 8 if args.quick else 90)
-    with tempfile.TemporaryDirectory(prefix="detbench-tiny-") as tmp:
-        tiny = common.build_tiny_model(Path(tmp) / "tiny")
+    with common.tiny_model() as tiny:
         tiny_inputs = common.input_tensors(50, 32, 32, seed=2)
         measure_model(report, "tiny", tiny, tiny_inputs, 20 if args.quick else 240)
     return report.finish(args.json)

@@ -21,7 +21,6 @@ samples during the timed blocks at about its rate, and none when off.
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -124,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     measure_model(report, "demo", common.DEMO_MODEL, demo_inputs, 8 if args.quick else 150,
                   checked=True)
     if not args.quick:
-        with tempfile.TemporaryDirectory(prefix="detbench-tiny-") as tmp:
-            tiny = common.build_tiny_model(Path(tmp) / "tiny")
+        with common.tiny_model() as tiny:
             measure_model(report, "tiny", tiny, common.input_tensors(200, 32, 32, seed=2), 150,
                           checked=False)
     return report.finish(args.json)
