@@ -62,6 +62,7 @@ ROW_FUNCTIONS = (
     "nvmlDeviceGetCurrentClocksThrottleReasons",
     "nvmlDeviceGetTotalEnergyConsumption",
 )
+MAX_ERRORS = 50  # error messages kept; one more line says that others were dropped
 #: the line the sampling process writes once it has taken its first sample
 READY = "ready\n"
 #: system memory is read on every ``MEMORY_EVERY``-th host sample (the dearest read, and the
@@ -71,6 +72,11 @@ MEMORY_EVERY = 10
 
 def error_text(error: BaseException) -> str:
     return str(error) or type(error).__name__
+
+
+def nvml_constants(nvml: Any) -> dict[str, Any]:
+    """The NVML constants this project uses, from ``nvml`` where it has them."""
+    return {name: getattr(nvml, name, value) for name, value in CONSTANTS.items()}
 
 
 def _scaled(value: Any, factor: float) -> float | None:
@@ -94,7 +100,7 @@ class GpuReader:
         self._unsupported: tuple[type[BaseException], ...] = tuple(
             c for c in (getattr(nvml, n, None) for n in UNSUPPORTED_ERRORS) if isinstance(c, type)
         )
-        self._const = {name: getattr(nvml, name, value) for name, value in CONSTANTS.items()}
+        self._const = nvml_constants(nvml)
         self._functions: dict[str, Callable[..., Any] | None] = {
             name: getattr(nvml, name, None) for name in ROW_FUNCTIONS
         }
@@ -279,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 rows.extend(reader.rows())
             except Exception as e:  # noqa: BLE001
-                if len(errors) < 50:
+                if len(errors) < MAX_ERRORS:
                     errors.append(f"sample: {type(e).__name__}: {e}")
 
         take()

@@ -30,6 +30,7 @@ from runner.probe import CONSTANTS as _CONSTANTS
 from runner.probe import (
     CPU_FIELDS,
     GPU_FIELDS,
+    MAX_ERRORS,
     READY,
     Gpu,
     GpuReader,
@@ -37,14 +38,15 @@ from runner.probe import (
     Row,
     Value,
     error_text,
+    nvml_constants,
     sample_loop,
 )
+from runner.probe import ROW_FUNCTIONS as _ROW_FUNCTIONS
 from runner.probe import UNSUPPORTED_ERRORS as _UNSUPPORTED_ERRORS
 
 Tagged = tuple[Value, ...]  # (t_s, phase, device, *fields)
 
 INITIAL_PHASE = "start"  # the phase samples carry before the first mark_phase()
-MAX_ERRORS = 50
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 60.0  # the rows of a long run at 10 ms are tens of MB of JSON
 _MB = 1024.0 * 1024.0
@@ -57,8 +59,8 @@ THROTTLE_REASONS = {
     "nvmlClocksThrottleReasonHwThermalSlowdown": 0x40,
     "nvmlClocksThrottleReasonHwPowerBrakeSlowdown": 0x80,
 }
-# Every pynvml name this module uses (tests check them against the real module).
-NVML_FUNCTIONS = (
+# Every pynvml function used here and in runner.probe (tests check them against the real module).
+NVML_FUNCTIONS = tuple(dict.fromkeys((
     "nvmlInit",
     "nvmlShutdown",
     "nvmlDeviceGetCount",
@@ -71,13 +73,8 @@ NVML_FUNCTIONS = (
     "nvmlDeviceGetApplicationsClock",
     "nvmlDeviceGetMaxClockInfo",
     "nvmlDeviceGetClock",
-    "nvmlDeviceGetUtilizationRates",
-    "nvmlDeviceGetPowerUsage",
-    "nvmlDeviceGetClockInfo",
-    "nvmlDeviceGetTemperature",
-    "nvmlDeviceGetCurrentClocksThrottleReasons",
-    "nvmlDeviceGetTotalEnergyConsumption",
-)
+    *_ROW_FUNCTIONS,
+)))
 NVML_NAMES = (*NVML_FUNCTIONS, *_CONSTANTS, *THROTTLE_REASONS, "NVMLError", *_UNSUPPORTED_ERRORS)
 
 
@@ -120,6 +117,12 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+
+
+def _tail(stderr: bytes) -> str:
+    """The last lines a failed sampling process wrote, on one line."""
+    lines = stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
+    return " | ".join(lines) or "no output"
 
 
 def _scaled(value: Any, factor: float) -> float | None:
@@ -308,9 +311,8 @@ class Sampler:
             return True
         child.kill()
         _, err = child.communicate()
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
         self._record_error(f"sampling process did not start (exit {child.returncode}: "
-                           f"{' | '.join(tail) or 'no output'}); sampling in a thread")
+                           f"{_tail(err)}); sampling in a thread")
         self._child = None
         return False
 
@@ -344,9 +346,8 @@ class Sampler:
         try:
             got = json.loads(out)
         except ValueError:
-            tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
             self._record_error(f"sampling process exited {child.returncode} without its "
-                               f"samples: {' | '.join(tail) or 'no output'}")
+                               f"samples: {_tail(err)}")
             return
         self.mode = f"process ({got.get('priority', 'default')})"
         if got.get("wall_s"):
@@ -361,8 +362,8 @@ class Sampler:
         with self._lock:
             if self._stopped:
                 return
-            self._phase = name
             if not self._started:
+                self._phase = name
                 return
             t = self._now()
             self._intervals[-1][2] = t
@@ -428,7 +429,7 @@ class Sampler:
         for t_abs, *rest in rows:
             t = float(t_abs) - self._t0  # type: ignore[arg-type]
             index = max(bisect.bisect_right(starts, t) - 1, 0)
-            tagged.append((t, intervals[index][0] if intervals else self._phase, *rest))
+            tagged.append((t, intervals[index][0], *rest))
         return tagged
 
     def _closed_intervals(self) -> list[tuple[str, float, float]]:
@@ -559,7 +560,7 @@ def _static_info(nvml: Any, index: int, handle: Any) -> dict[str, Any]:
         except Exception:  # noqa: BLE001
             return None
 
-    const = {name: getattr(nvml, name, value) for name, value in _CONSTANTS.items()}
+    const = nvml_constants(nvml)
     sm, mem = const["NVML_CLOCK_SM"], const["NVML_CLOCK_MEM"]
     memory = call("nvmlDeviceGetMemoryInfo", handle)
     app_clocks = [
