@@ -86,11 +86,15 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
     )
     cut = len(every) if cfg.num_images is None else cfg.num_images
     records, unscored = every[:cut], every[cut:]
+    require_files(records, f"image file(s) listed in {str(ann_path)!r}")
+    return Dataset(cfg.name, cfg.display_name, ann_path, records, keypoints, unscored)
+
+
+def require_files(records: Sequence[ImageRecord], what: str) -> None:
+    """ConfigError naming the first of ``records`` whose file is missing, and how many are."""
     missing = [r.path for r in records if not r.path.is_file()]
     if missing:
-        raise ConfigError(f"{len(missing)} image file(s) listed in {str(ann_path)!r} are missing, "
-                          f"e.g. {str(missing[0])!r}")
-    return Dataset(cfg.name, cfg.display_name, ann_path, records, keypoints, unscored)
+        raise ConfigError(f"{len(missing)} {what} are missing, e.g. {str(missing[0])!r}")
 
 
 def chunked(records: Sequence[ImageRecord], size: int) -> Iterator[Sequence[ImageRecord]]:

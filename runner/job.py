@@ -214,10 +214,7 @@ def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[A
         candidates = data.load_dataset(source, cfg.cache_dir).images
     chosen = calibration.select(candidates, dataset.images, trt.calibration_images,
                                 trt.calibration_source)
-    missing = [r.path for r in chosen if not r.path.is_file()]
-    if missing:
-        raise config.ConfigError(f"{len(missing)} calibration image file(s) are missing, e.g. "
-                          f"{str(missing[0])!r}")
+    data.require_files(chosen, "calibration image file(s)")
     rows = [(r.image_id, str(r.path), r.width, r.height) for r in chosen]
     (job_dir / "calibration.json").write_text(json.dumps(
         {"source": trt.calibration_source, "count": len(rows), "images": rows}, indent=1))

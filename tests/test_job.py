@@ -134,3 +134,19 @@ def test_int8_calibration_draws_unscored_images_without_a_second_load(
     assert {row[0] for row in rows} <= {r.image_id for r in dataset.unscored}
     assert loads == ["val"]  # the job's own load only
     assert json.loads((tmp_path / "calibration.json").read_text())["count"] == 8
+
+
+def test_int8_calibration_names_a_missing_image_file(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from runner import config, data, job
+    from tests.conftest import compose_job
+
+    cfg = config.to_object(compose_job(["precision=trt_int8", "dataset.num_images=20",
+                                        "dataset.calibration_split=null",
+                                        "precision.trt.calibration_images=8"]))
+    dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
+    gone = tuple(replace(r, path=tmp_path / "gone" / r.path.name) for r in dataset.unscored)
+    with pytest.raises(config.ConfigError, match=r"8 calibration image file\(s\) are missing, "
+                                                 r"e\.g\. '.*/gone/"):
+        job._calibration(cfg, replace(dataset, unscored=gone), tmp_path)
