@@ -15,11 +15,11 @@ rows) -> :func:`write_report` (table.md, table.csv and the figures of ``runner.p
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import math
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,9 +241,8 @@ def _bootstrap_from_artifact(uri: str, run_id: str) -> tuple[float, float]:
     from runner.stats import bootstrap_ci
 
     try:
-        with tempfile.TemporaryDirectory(prefix="detbench-export-") as tmp:
-            path = tracking.download_artifact(uri, run_id, "latencies.csv", Path(tmp))
-            latencies_ms = pd.read_csv(path)["latency_ms"].to_numpy(dtype=np.float64)
+        latencies = io.BytesIO(tracking.read_artifact(uri, run_id, "latencies.csv"))
+        latencies_ms = pd.read_csv(latencies)["latency_ms"].to_numpy(dtype=np.float64)
         return bootstrap_ci(latencies_ms / 1000.0, "throughput")
     except Exception as exc:  # noqa: BLE001 - one run's missing file must not stop the export
         log.warning("run %s: no throughput CI (%s: %s)", run_id, type(exc).__name__, exc)

@@ -4,10 +4,10 @@ power over time (from its telemetry samples). matplotlib, no display needed."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -222,16 +222,13 @@ def load_samples(uri: str | None, run_id: str) -> pd.DataFrame:
     phases)."""
     resolved = resolve_uri(uri)
     try:
-        with tempfile.TemporaryDirectory(prefix="detbench-export-") as tmp:
-            return pd.read_csv(tracking.download_artifact(resolved, run_id, "samples.csv",
-                                                          Path(tmp)))
+        return pd.read_csv(io.BytesIO(tracking.read_artifact(resolved, run_id, "samples.csv")))
     except Exception as exc:  # noqa: BLE001 - fall back to the metric histories
         log.info("run %s: no samples.csv (%s); using the sample.* metrics", run_id, exc)
     return _samples_from_metrics(resolved, run_id)
 
 
 def _samples_from_metrics(uri: str, run_id: str) -> pd.DataFrame:
-
     client = tracking.client(uri)
     run = client.get_run(run_id)
     points = []
@@ -257,10 +254,8 @@ def load_phases(uri: str | None, run_id: str) -> list[tuple[str, float, float]] 
     """The phases the job marked, (name, start, end) on the samples' clock, from the run's
     telemetry.json; None for a run without them."""
     try:
-        with tempfile.TemporaryDirectory(prefix="detbench-export-") as tmp:
-            path = tracking.download_artifact(resolve_uri(uri), run_id, "telemetry.json",
-                                              Path(tmp))
-            intervals = json.loads(path.read_text())["intervals"]
+        telemetry = json.loads(tracking.read_artifact(resolve_uri(uri), run_id, "telemetry.json"))
+        intervals = telemetry["intervals"]
         return [(str(name), float(start), float(end)) for name, start, end in intervals]
     except Exception as exc:  # noqa: BLE001 - older runs: phases from the samples instead
         log.info("run %s: no phase intervals (%s); using the samples' phases", run_id, exc)

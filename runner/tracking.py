@@ -281,18 +281,22 @@ def runs_table_link(experiment_id: str) -> str:
     return f"{UI_HOST}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
-def download_artifact(uri: str, run_id: str, artifact: str, dst: Path) -> Path:
-    """One artifact of a run, without MLflow's progress bar."""
+def read_artifact(uri: str, run_id: str, artifact: str) -> bytes:
+    """The bytes of one artifact of a run (downloaded to a temporary directory, without
+    MLflow's progress bar); raises what MLflow raises when the run has no such artifact."""
+    import tempfile
+
     import mlflow.artifacts
 
     previous = os.environ.get(_ARTIFACT_PROGRESS_VAR)
     os.environ[_ARTIFACT_PROGRESS_VAR] = "false"
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
-                                                    dst_path=str(dst), tracking_uri=uri)
+        with tempfile.TemporaryDirectory(prefix="detbench-artifact-") as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact,
+                                                        dst_path=tmp, tracking_uri=uri)
+            return Path(local).read_bytes()
     finally:
         if previous is None:
             os.environ.pop(_ARTIFACT_PROGRESS_VAR, None)
         else:
             os.environ[_ARTIFACT_PROGRESS_VAR] = previous
-    return Path(local)
