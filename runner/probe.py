@@ -163,8 +163,10 @@ class HostReader:
             self._statm = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
         except OSError:
             self.close()
-        self._ticks = self._cpu_ticks() if self._stat is not None else (0, 0)
-        if self._stat is None:
+        if self._stat is not None:
+            self._ticks = self._cpu_ticks()
+        else:  # psutil's own baseline for cpu_percent(interval=None)
+            self._ticks = (0, 0)
             psutil.cpu_percent(interval=None)
 
     def _cpu_ticks(self) -> tuple[int, int]:

@@ -36,6 +36,24 @@ def test_host_reader_agrees_with_psutil() -> None:
     assert abs(float(memory_mb) - used) <= 0.2 * used  # type: ignore[arg-type]
 
 
+def test_host_reader_without_proc_reads_psutil(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_proc(path: str, *args: object) -> int:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(probe.os, "open", no_proc)  # as on a system without /proc
+    reader = probe.HostReader(os.getpid())
+    monkeypatch.undo()
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:
+        pass
+    [(_, device, cpu, memory_mb, rss_mb)] = reader.rows()
+    reader.close()
+    assert device == "cpu" and cpu is not None and 0.0 <= float(cpu) <= 100.0
+    rss = psutil.Process().memory_info().rss / 2**20
+    assert abs(float(rss_mb) - rss) <= 0.1 * rss  # type: ignore[arg-type]
+    assert float(memory_mb) > 0  # type: ignore[arg-type]
+
+
 def test_host_reader_cpu_is_none_without_a_clock_tick() -> None:
     reader = probe.HostReader(os.getpid())
     try:
