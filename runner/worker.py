@@ -122,7 +122,8 @@ def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
     return [data.ImageRecord(int(r[0]), Path(r[1]), int(r[2]), int(r[3])) for r in rows]
 
 
-def _backend(cfg: JobConfig, spec: JobSpec, gpus: Sequence[Mapping[str, Any]]) -> Backend:
+def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
+             gpus: Sequence[Mapping[str, Any]]) -> Backend:
     """The system under test. TF-TRT first learns the source's input spec, prepares the build
     (and INT8 calibration) inputs off the timed path, then converts or takes the cached model."""
     from runner.backends.native import NativeBackend
@@ -137,7 +138,6 @@ def _backend(cfg: JobConfig, spec: JobSpec, gpus: Sequence[Mapping[str, Any]]) -
     source = NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype)
     resize, dtype = _resize_target(cfg, source.input_shape), source.input_dtype
     del source
-    dataset = spec.dataset_obj()
     build = [p.tensor for p in data.prepare(dataset.images[:1], dtype, resize)]
     calibration = [p.tensor for p in data.prepare(
         _records(spec.extra.get("calibration", [])), dtype, resize)]
@@ -160,7 +160,8 @@ def _adapter(cfg: JobConfig) -> Any:
     return signatures.adapter(cfg.model.outputs, custom)
 
 
-def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
+def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
+            job_dir: Path) -> dict[str, Any]:
     """Load, prepare, warm up and time with the sampler running; returns what evaluate needs."""
     from tqdm import tqdm
 
@@ -168,7 +169,6 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
     from runner.measure import time_calls, warm_up
     from runner.telemetry import Sampler
 
-    cfg, dataset = spec.job_config(), spec.dataset_obj()
     if cfg.precision.xla:
         from runner.backends.native import enable_xla_before_tf_import
 
@@ -187,7 +187,7 @@ def measure(spec: JobSpec, job_dir: Path) -> dict[str, Any]:
         (job_dir / "environment.json").write_text(json.dumps(env, indent=1))
         sampler.mark_phase("load")
         start = time.perf_counter()
-        backend = _backend(cfg, spec, sampler.gpus)
+        backend = _backend(cfg, spec, dataset, sampler.gpus)
         timings["load_s"] = time.perf_counter() - start
         adapt = _adapter(cfg)
         resize = _resize_target(cfg, backend.input_shape)
@@ -281,10 +281,11 @@ def timing_metrics(passes: np.ndarray, cfg: JobConfig, telemetry: Mapping[str, f
     return out
 
 
-def evaluate(spec: JobSpec, measured: Mapping[str, Any], job_dir: Path) -> dict[str, float]:
+def evaluate(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, measured: Mapping[str, Any],
+             job_dir: Path) -> dict[str, float]:
     from runner import evaluate_extra
     from runner.evaluate import evaluate_bbox
-    cfg, dataset = spec.job_config(), spec.dataset_obj()
+
     ids = [r.image_id for r in dataset.images]
     results: Results = measured["results"]
     results.boxes.write_json(job_dir / "detections.json")
@@ -310,8 +311,9 @@ def evaluate(spec: JobSpec, measured: Mapping[str, Any], job_dir: Path) -> dict[
 def execute(job_dir: Path) -> dict[str, float]:
     """The whole measured part; writes ``metrics.json`` and returns the metrics."""
     spec = JobSpec.read(job_dir)
-    measured = measure(spec, job_dir)
-    metrics = evaluate(spec, measured, job_dir)
+    cfg, dataset = spec.job_config(), spec.dataset_obj()  # parsed once for both steps
+    measured = measure(spec, cfg, dataset, job_dir)
+    metrics = evaluate(spec, cfg, dataset, measured, job_dir)
     (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
