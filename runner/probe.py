@@ -79,7 +79,8 @@ def nvml_constants(nvml: Any) -> dict[str, Any]:
     return {name: getattr(nvml, name, value) for name, value in CONSTANTS.items()}
 
 
-def _scaled(value: Any, factor: float) -> float | None:
+def scaled(value: Any, factor: float) -> float | None:
+    """``value * factor``, None staying None (NVML's mW and mJ to W and J)."""
     return None if value is None else float(value) * factor
 
 
@@ -132,11 +133,11 @@ class GpuReader:
             None if util is None else util.gpu,
             None if util is None else util.memory,
             None if memory is None else memory.used / _MB,
-            _scaled(self._read(gpu, "nvmlDeviceGetPowerUsage"), 1e-3),
+            scaled(self._read(gpu, "nvmlDeviceGetPowerUsage"), 1e-3),
             self._read(gpu, "nvmlDeviceGetClockInfo", self._const["NVML_CLOCK_SM"]),
             self._read(gpu, "nvmlDeviceGetTemperature", self._const["NVML_TEMPERATURE_GPU"]),
             self._read(gpu, "nvmlDeviceGetCurrentClocksThrottleReasons"),
-            _scaled(self._read(gpu, "nvmlDeviceGetTotalEnergyConsumption"), 1e-3),
+            scaled(self._read(gpu, "nvmlDeviceGetTotalEnergyConsumption"), 1e-3),
         )
 
     def close(self) -> None:

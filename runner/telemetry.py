@@ -40,6 +40,7 @@ from runner.probe import (
     error_text,
     nvml_constants,
     sample_loop,
+    scaled,
 )
 from runner.probe import ROW_FUNCTIONS as _ROW_FUNCTIONS
 from runner.probe import UNSUPPORTED_ERRORS as _UNSUPPORTED_ERRORS
@@ -123,10 +124,6 @@ def _tail(stderr: bytes) -> str:
     """The last lines a failed sampling process wrote, on one line."""
     lines = stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
     return " | ".join(lines) or "no output"
-
-
-def _scaled(value: Any, factor: float) -> float | None:
-    return None if value is None else float(value) * factor
 
 
 def _mean(values: list[float]) -> float:
@@ -575,7 +572,7 @@ def _static_info(nvml: Any, index: int, handle: Any) -> dict[str, Any]:
         "uuid": _text(call("nvmlDeviceGetUUID", handle)),
         "driver_version": _text(call("nvmlSystemGetDriverVersion")),
         "memory_total_mb": None if memory is None else memory.total / _MB,
-        "power_limit_w": _scaled(call("nvmlDeviceGetEnforcedPowerLimit", handle), 1e-3),
+        "power_limit_w": scaled(call("nvmlDeviceGetEnforcedPowerLimit", handle), 1e-3),
         "app_sm_clock_mhz": call("nvmlDeviceGetApplicationsClock", handle, sm),
         "app_mem_clock_mhz": call("nvmlDeviceGetApplicationsClock", handle, mem),
         "max_sm_clock_mhz": call("nvmlDeviceGetMaxClockInfo", handle, sm),
