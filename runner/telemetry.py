@@ -282,6 +282,8 @@ class Sampler:
         command = [sys.executable, "-m", "runner.probe", "--interval", repr(self.interval_s),
                    "--backend", self.backend, "--pid", str(os.getpid()),
                    "--gpus", ",".join(str(g["index"]) for g in self.gpus)]
+        # the checkout this runner comes from, first: the same runner.probe whether or not the
+        # package is installed, and a test's stand-in modules beside it
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
