@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
 from datetime import datetime
@@ -65,14 +66,16 @@ class SweepParentRun(Callback):
         self.jobs_failed = 0
         self._previous_env: str | None = None
         self._report_dir: Path | None = None
+        self._heartbeat: Any = None
 
     # -- hydra hooks ------------------------------------------------------------------------
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.entities import Param, RunTag
 
-        from runner import tracking
+        from runner import signals, tracking
 
+        signals.install()  # SIGTERM/SIGHUP end this run KILLED (see _abandoned)
         self.uri = resolve_uri(self.tracking_uri or _select(config, "tracking.uri"))
         experiment = self.experiment or _select(config, "tracking.experiment") or "detbench"
         client = tracking.client(self.uri)
@@ -89,6 +92,7 @@ class SweepParentRun(Callback):
         self._previous_env = os.environ.get(PARENT_ENV)
         os.environ[PARENT_ENV] = self.run_id
         self._report_dir = _sweep_report_dir(config)
+        self._heartbeat = tracking.Heartbeat(self.uri, self.run_id).start()
         atexit.register(self._abandoned)
         log.info("sweep parent MLflow run %s (%s) in %s", self.run_id, name, self.uri)
 
@@ -132,6 +136,8 @@ class SweepParentRun(Callback):
             return
         run_id, self.run_id = self.run_id, None
         atexit.unregister(self._abandoned)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self._previous_env is None:
             os.environ.pop(PARENT_ENV, None)
         else:
@@ -140,8 +146,19 @@ class SweepParentRun(Callback):
         log.info("sweep parent MLflow run %s ended %s", run_id, status)
 
     def _abandoned(self) -> None:
-        """At interpreter exit without on_multirun_end (a job called sys.exit, Ctrl-C)."""
-        if self.run_id is not None:
+        """At interpreter exit without on_multirun_end: KILLED with the signal as reason after
+        SIGTERM/SIGHUP/SIGINT (runner.signals), FAILED otherwise (a job called sys.exit)."""
+        from runner import signals
+
+        if self.run_id is None:
+            return
+        signum = signals.received()
+        if signum is not None:
+            self._tag({"error": f"the sweep was {signals.describe(signum)}; rerun the same "
+                                "command to resume it (finished jobs are skipped)",
+                       "error.type": "Terminated", "error.signal": signal.Signals(signum).name})
+            self.close("KILLED")
+        else:
             self._tag({"error": "the sweep ended before its end callback ran"})
             self.close("FAILED")
 

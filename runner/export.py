@@ -121,11 +121,18 @@ def _metrics(run: pd.Series) -> dict[str, float]:
             if isinstance(k, str) and k.startswith(METRIC_PREFIX) and pd.notna(v)}
 
 
-def short_error(status: str, error: Any) -> str:
-    """A failed row's AP cell: ``failed: <first line of the error, shortened>``."""
+def short_error(status: str, error: Any, error_type: Any = None, message: Any = None) -> str:
+    """A failed row's AP cell: ``failed: <first line of the error, shortened>``; from the run's
+    error type and message (tags error.type / error.message) when it has them, else from the
+    ``Type: message`` text of older runs."""
     word = {"FAILED": "failed", "KILLED": "killed"}.get(status, status.lower())
-    text = error.strip().splitlines()[0].strip() if isinstance(error, str) and error.strip() else ""
-    text = _WRAPPERS.sub("", text)
+    if isinstance(message, str) and message.strip():
+        first = message.strip().splitlines()[0].strip()
+        text = f"{error_type}: {first}" if isinstance(error_type, str) and error_type else first
+    else:
+        text = (error.strip().splitlines()[0].strip() if isinstance(error, str) and error.strip()
+                else "")
+        text = _WRAPPERS.sub("", text)
     if len(text) > ERROR_CHARS:
         text = text[: ERROR_CHARS - 3].rstrip() + "..."
     return f"{word}: {text}" if text else word
@@ -201,7 +208,8 @@ def _row(run: pd.Series, extras: Sequence[str],
         scale = 100.0 if col in table.PERCENT_COLUMNS else 1.0
         raw[col] = metrics[metric] * scale if metric in metrics else math.nan
     if not finished:
-        row["AP"] = _cell(short_error(str(run["status"]), run["error"]))
+        row["AP"] = _cell(short_error(str(run["status"]), run["error"], run.get("error_type"),
+                                      run.get("error_message")))
     for name in extras:
         spec = EXTRAS[name]
         if spec.metric is None:  # ci

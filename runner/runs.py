@@ -29,6 +29,8 @@ TAG_COLUMNS: dict[str, str] = {
     "tensorflow": "env.tensorflow",
     "cpu_model": "env.cpu_model",
     "error": "error",
+    "error_type": "error.type",
+    "error_message": "error.message",
     "parent_run_id": "mlflow.parentRunId",
 }
 RUN_COLUMNS: tuple[str, ...] = (
