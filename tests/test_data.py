@@ -81,3 +81,63 @@ def test_chunked_covers_all_in_order() -> None:
     records = list(range(10))
     chunks = list(data.chunked(records, 4))  # type: ignore[arg-type]
     assert chunks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def _doc(**changes: object) -> dict[str, object]:
+    images = [{"id": i, "file_name": f"{i}.png", "width": 8, "height": 6} for i in (1, 2, 3)]
+    anns = [{"id": 10 + i, "image_id": i, "category_id": 1, "bbox": [1, 1, 2, 2], "area": 4,
+             "iscrowd": 0} for i in (1, 2, 3)]
+    doc: dict[str, object] = {"images": images, "annotations": anns,
+                              "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]}
+    doc.update(changes)
+    return doc
+
+
+def _images(*entries: tuple[object, ...]) -> list[dict[str, object]]:
+    return [{"id": i, "file_name": "a.png", "width": w, "height": h} for i, w, h in entries]
+
+
+def _anns(*entries: tuple[object, ...]) -> list[dict[str, object]]:
+    return [{"id": a, "image_id": i, "category_id": c, "bbox": [1, 1, 2, 2]}
+            for a, i, c in entries]
+
+
+BAD_DOCS = {
+    "empty images": (_doc(images=[], annotations=[]), r"empty 'images' list"),
+    "duplicate image ids": (_doc(images=_images((1, 8, 6), (2, 8, 6), (2, 8, 6), (3, 8, 6))),
+                            r"duplicate image ids 2\b"),
+    "string image id": (_doc(images=_images((1, 8, 6), ("two", 8, 6), (3, 8, 6))),
+                        r"image ids must be integers; found 'two'"),
+    "float image id": (_doc(images=_images((1, 8, 6), (2.5, 8, 6))), r"found 2.5"),
+    "missing width": (_doc(images=[{"id": 1, "file_name": "a", "height": 6}]),
+                      r"'width': ids 1\b"),
+    "zero height": (_doc(images=_images((1, 8, 6), (7, 8, 0))), r"'height': ids 7\b"),
+    "duplicate annotation ids": (_doc(annotations=_anns((5, 1, 1), (5, 2, 1), (6, 3, 1))),
+                                 r"duplicate annotation ids 5\b"),
+    "unknown image": (_doc(annotations=_anns((5, 1, 1), (6, 99, 1))),
+                      r"image id that is not in 'images': annotation ids 6\b"),
+    "unknown category": (_doc(annotations=_anns((5, 1, 1), (6, 2, 77))),
+                         r"category id that is not in 'categories': annotation ids 6\b"),
+    "bad bbox": (_doc(annotations=[{"id": 4, "image_id": 1, "category_id": 1,
+                                    "bbox": [0, 0, -1, 2]}]), r"'bbox'.*annotation ids 4\b"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DOCS))
+def test_bad_annotations_are_refused_naming_file_and_ids(tmp_path: Path, case: str) -> None:
+    doc, pattern = BAD_DOCS[case]
+    cfg = _coco_dir(tmp_path, {"a.png": Image.new("RGB", (8, 6))})
+    Path(cfg.annotations or "").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=pattern) as caught:
+        data.load_dataset(cfg, "unused")
+    assert str(tmp_path / "ann.json") in str(caught.value)
+
+
+def test_valid_document_passes_and_many_ids_are_summarised() -> None:
+    data.validate_annotations(_doc(), Path("ok.json"))
+    many = _images(*((7, 8, 6),) * 30)
+    with pytest.raises(ConfigError, match=r"duplicate image ids 7 \("):
+        data.validate_annotations(_doc(images=many), Path("x.json"))
+    bad = [{"id": i, "file_name": "a", "width": 8} for i in range(25)]
+    with pytest.raises(ConfigError, match=r"ids 0, 1, .*, 9, \.\.\. \(25 in all\)"):
+        data.validate_annotations(_doc(images=bad, annotations=[]), Path("x.json"))
