@@ -176,19 +176,34 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
         assert cfg.images_dir is not None and cfg.annotations is not None
         images_dir = Path(cfg.images_dir).expanduser()
         ann_path = Path(cfg.annotations).expanduser()
-    doc = _read_annotations(ann_path)
-    infos = sorted(doc["images"], key=lambda info: int(info["id"]))
-    if cfg.num_images is not None and cfg.num_images > len(infos):
-        raise ConfigError(f"dataset.num_images={cfg.num_images} exceeds the {len(infos)} "
+    every = _records(ann_path, images_dir)
+    if cfg.num_images is not None and cfg.num_images > len(every):
+        raise ConfigError(f"dataset.num_images={cfg.num_images} exceeds the {len(every)} "
                           f"images of {str(ann_path)!r}")
-    every = tuple(
-        ImageRecord(int(i["id"]), images_dir / i["file_name"], int(i["width"]), int(i["height"]))
-        for i in infos
-    )
     cut = len(every) if cfg.num_images is None else cfg.num_images
     records, unscored = every[:cut], every[cut:]
     require_files(records, f"image file(s) listed in {str(ann_path)!r}")
     return Dataset(cfg.name, cfg.display_name, ann_path, records, keypoints, unscored)
+
+
+_LAST: dict[tuple[str, str, int, int], tuple[ImageRecord, ...]] = {}
+
+
+def _records(ann_path: Path, images_dir: Path) -> tuple[ImageRecord, ...]:
+    """The annotation file's images sorted by id, read and validated once per process while the
+    file is unchanged (the parent loads the dataset for its resume check, then for the job)."""
+    try:
+        st = ann_path.stat()
+    except OSError as exc:
+        raise ConfigError(f"annotations file {str(ann_path)!r} cannot be read: "
+                          f"{exc.strerror or exc}") from exc
+    key = (str(ann_path.resolve()), str(images_dir), st.st_size, st.st_mtime_ns)
+    if key not in _LAST:
+        infos = sorted(_read_annotations(ann_path)["images"], key=lambda info: int(info["id"]))
+        _LAST.clear()  # one entry: COCO val2017's list is small, its parsed document is not
+        _LAST[key] = tuple(ImageRecord(int(i["id"]), images_dir / i["file_name"], int(i["width"]),
+                                       int(i["height"])) for i in infos)
+    return _LAST[key]
 
 
 def require_files(records: Sequence[ImageRecord], what: str) -> None:

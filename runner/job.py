@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import config, data, table
+from runner import config, data, fingerprint, table
 from runner.config import JobConfig
 from runner.worker import JobSpec, dataset_dict
 
@@ -95,7 +95,7 @@ def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
 
 
 def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, str], key: str,
-                    output_dir: Path) -> tuple[Any, str | None]:
+                    output_dir: Path, prints: Any = None) -> tuple[Any, str | None]:
     """(tracker with a started run, None) or, with the server gone mid-sweep, (None, a skip
     reason when the job already FINISHED). Writes tracking.json for runner.sync either way."""
     from mlflow.exceptions import MlflowException
@@ -108,6 +108,8 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
             "detbench.dataset": job_cfg.dataset.display_name, "detbench.identity": key,
             "detbench.input_policy": job_cfg.benchmark.input_policy,
             "detbench.job_dir": str(output_dir.resolve())}
+    if prints is not None:  # model bytes, dataset and env.key (runner.fingerprint)
+        tags.update({**prints.tags(key), "detbench.identity": prints.identity(key)})
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
     params = _params(cfg, choices)
@@ -117,10 +119,12 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
     try:
         tracker = Tracker(job_cfg.tracking.uri, job_cfg.tracking.experiment)
         tracker.reap_orphans()
-        done = None if job_cfg.benchmark.rerun else tracker.find_finished(key)
-        if done:
-            return None, (f"already measured: FINISHED run {done} has the same config "
-                          "(benchmark.rerun=true measures it again)")
+        if not job_cfg.benchmark.rerun and prints is not None:
+            skip, note = fingerprint.resume_decision(tracker, key, prints)
+            if skip:
+                return None, skip
+            if note:
+                log.info("%s", note)
         record["run_id"] = tracker.start(name, params, tags)
     except (TrackingUnavailable, MlflowException, OSError) as exc:
         log.warning("tracking unavailable, results stay in %s (python -m runner.sync uploads "
@@ -142,7 +146,8 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     reason = config.skip_reason(job_cfg)
     if reason:
         return JobResult("SKIPPED", None, uri, error=reason, name=name)
-    tracker, skip = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir)
+    prints = fingerprint.of_job(job_cfg)  # loads and validates the dataset: before any run
+    tracker, skip = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir, prints)
     if skip:
         return JobResult("SKIPPED", None, uri, error=skip, name=name)
     result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
