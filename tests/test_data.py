@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,7 @@ from PIL import Image
 
 from runner import data
 from runner.config import ConfigError, DatasetConfig
+from tests.conftest import ROOT
 
 
 def _coco_dir(tmp_path: Path, images: dict[str, Image.Image]) -> DatasetConfig:
@@ -141,3 +145,37 @@ def test_valid_document_passes_and_many_ids_are_summarised() -> None:
     bad = [{"id": i, "file_name": "a", "width": 8} for i in range(25)]
     with pytest.raises(ConfigError, match=r"ids 0, 1, .*, 9, \.\.\. \(25 in all\)"):
         data.validate_annotations(_doc(images=bad, annotations=[]), Path("x.json"))
+
+
+def _cli(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "runner", f"hydra.run.dir={tmp_path / 'r'}",
+                           *overrides], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _no_run(tmp_path: Path) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("detbench")
+    return exp is None or not client.search_runs([exp.experiment_id])
+
+
+def test_bad_datasets_are_configuration_errors_before_any_run(tmp_path: Path) -> None:
+    """Through ``python -m runner``: exit 2, the message, no MLflow run, no worker started."""
+    proc = _cli(tmp_path, "dataset.num_images=1000000")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "dataset.num_images=1000000 exceeds the" in proc.stderr
+    assert "Traceback" not in proc.stderr and _no_run(tmp_path)
+    (tmp_path / "ds").mkdir()
+    cfg = _coco_dir(tmp_path / "ds", {"a.png": Image.new("RGB", (8, 6))})
+    Path(cfg.annotations or "").write_text(json.dumps(
+        _doc(images=_images((1, 8, 6), (4, 8, 6), (4, 8, 6)))))
+    proc = _cli(tmp_path, "dataset=coco_files", f"dataset.images_dir={cfg.images_dir}",
+                f"dataset.annotations={cfg.annotations}")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"annotations file {cfg.annotations!r}: duplicate image ids 4 (" in proc.stderr
+    assert "Traceback" not in proc.stderr and _no_run(tmp_path)
+    assert not (tmp_path / "r" / "environment.json").exists()  # the worker never started
