@@ -175,9 +175,8 @@ def known_sha256(path: Path) -> str | None:
     if pinned:
         return pinned
     record = _sha_file(path)
-    if record.is_file():
-        return (record.read_text().split() or [None])[0]
-    return None
+    fields = record.read_text().split() if record.is_file() else []
+    return fields[0] if fields else None
 
 
 def pin(cache_dir: Path, checksums: Path) -> dict[str, str]:
