@@ -22,8 +22,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import config, data, table
+from runner import config, data
 from runner.config import JobConfig
+from runner.results import table
 from runner.worker import JobSpec, dataset_dict
 
 log = logging.getLogger(__name__)
