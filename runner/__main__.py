@@ -34,7 +34,8 @@ log = logging.getLogger("runner")
 def main(cfg: DictConfig) -> dict[str, str | None]:
     from pathlib import Path
 
-    from runner import job, report
+    from runner import job
+    from runner.results import report
     from runner.tracking import (
         TrackingUnavailable,
         check_reachable,

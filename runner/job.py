@@ -28,8 +28,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import config, data, fingerprint, jobdir, signals, table
+from runner import config, data, fingerprint, jobdir, signals
 from runner.config import JobConfig
+from runner.results import table
 from runner.worker import JobSpec, dataset_dict
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Export benchmark runs from any MLflow tracking store: the public table and its figures.
 
-``python -m runner.export [filters] [--out results/]`` writes ``table.md`` (exactly the public
+``python -m runner.results.export [filters] [--out results/]`` writes ``table.md`` (exactly the public
 table's columns, numbers formatted like it; failed runs as rows that say so, never zeros),
 ``table.csv`` (the same data with raw numbers, one row per run, plus run id / status /
 environment columns), ``latency_mean.png`` (the public table's figure), ``ap_vs_latency.png``
@@ -8,8 +8,8 @@ environment columns), ``latency_mean.png`` (the public table's figure), ``ap_vs_
 utilization and power over time instead. Runs from different environments (tag ``env.key``) are
 refused unless ``--mix-environments``, which labels each row with its environment.
 
-Data flow: ``runner.runs.load_runs`` (MLflow -> DataFrame) -> :func:`build_report` (the table's
-rows) -> :func:`write_report` (table.md, table.csv and the figures of ``runner.plots``).
+Data flow: ``runner.results.runs.load_runs`` (MLflow -> DataFrame) -> :func:`build_report` (the table's
+rows) -> :func:`write_report` (table.md, table.csv and the figures of ``runner.results.plots``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runner import plots, table, tracking
-from runner.runs import METRIC_PREFIX, ExportError, Filters, check_environments, load_runs
-from runner.table import CI_COLUMN, CI_HIGH, CI_LOW, ENV_COLUMN
+from runner import tracking
+from runner.results import plots, table
+from runner.results.runs import METRIC_PREFIX, ExportError, Filters, check_environments, load_runs
+from runner.results.table import CI_COLUMN, CI_HIGH, CI_LOW, ENV_COLUMN
 from runner.tracking import resolve_uri
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, extra: str | Sequence[st
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m runner.export",
+        prog="python -m runner.results.export",
         description="Export detbench runs from MLflow: table.md, table.csv and plots.")
     p.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                  "sqlite:///mlflow.db)")
