@@ -1,0 +1,1 @@
+"""The export program: runs -> table, comparison with the published references, plots."""
