@@ -244,7 +244,7 @@ def verdict(row: pd.Series, ref: Reference | None, ref_row: pd.Series | None,
     if ref_policy and row["input_policy"] and row["input_policy"] != ref_policy:
         causes.append(f"input policy {row['input_policy']} vs {ref_policy}")
     ref_precision = ref_row["precision"] or ref.meta.get("precision", "")
-    if row["precision"] and ref_row["precision"] and row["precision"] != ref_row["precision"]:
+    if row["precision"] and ref_precision and row["precision"] != ref_precision:
         causes.append(f"precision {row['precision']} vs {ref_precision}")
     ref_tf = _text(ref_row.get("tensorflow")) or ref.meta.get("tensorflow")
     if _tf_minor(row["tensorflow"]) and _tf_minor(ref_tf) and (
