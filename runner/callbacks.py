@@ -57,7 +57,8 @@ class SweepParentRun(Callback):
     --extra``)."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
-                 report: bool = True, extra: str = "") -> None:
+                 report: bool = True, extra: str = "", compare: str = "auto") -> None:
+        self.compare = compare  # reference for runner.results.compare (auto: by input policy)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.report = report
@@ -191,6 +192,14 @@ class SweepParentRun(Callback):
             client = tracking.client(self.uri)
             for path in paths:
                 client.log_artifact(self.run_id, str(path))
+            try:
+                from runner.results import compare
+
+                compare.log_to_runs(self.uri, self.run_id, children,
+                                    compare.resolve(self.compare, self.uri), out)
+            except Exception as exc:  # noqa: BLE001 - a comparison problem is not a job failure
+                log.exception("sweep parent run %s: no comparison", self.run_id)
+                self._tag({"detbench.compare_error": f"{type(exc).__name__}: {exc}"[:5000]})
         log.info("sweep report: %s", ", ".join(p.name for p in paths))
 
 

@@ -281,7 +281,9 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, extra: str | Sequence[st
         path = plot(report.frame, out)
         if path is not None:
             written.append(path)
-    return written
+    from runner.results import compare  # against the published references (issue 16)
+
+    return written + compare.write_auto(df, out)
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -310,6 +312,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="allow runs of several environments, with an Environment column")
     p.add_argument("--timeline", action="append", default=[], metavar="RUN_ID",
                    help="only plot this run's timeline_<RUN_ID>.png (repeatable)")
+    p.add_argument("--compare", metavar="REF", help="compare with zoo, public, auto, a reference "
+                   ".csv or a run / sweep parent id: comparison.md, .csv, .png")
+    p.add_argument("--tolerance", help="box AP tolerance in points for --compare: 0.3, or "
+                   "native=0.3,seed=0.2 (the default)")
     return p
 
 
@@ -322,6 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(plots.plot_timeline(args.uri, run_id, args.out))
             return 0
         extra = parse_extra(args.extra)
+        if args.compare:  # bad --compare / --tolerance refused before any run is read
+            from runner.results import compare
+
+            reference = compare.resolve(args.compare, args.uri)
+            tolerance = compare.parse_tolerance(args.tolerance)
         flt = Filters(experiments=tuple(args.experiment), parent=args.parent,
                       models=tuple(args.model), precisions=tuple(args.precision),
                       resolutions=tuple(args.resolution), env_keys=tuple(args.env_key),
@@ -330,11 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if df.empty:
             print(f"detbench export: no run matches in {resolve_uri(args.uri)}", file=sys.stderr)
             return 1
-        paths = write_report(df, args.out, extra, args.mix_environments)
+        if args.compare:
+            paths = compare.main(df, reference, args.out, tolerance)
+        else:
+            paths = write_report(df, args.out, extra, args.mix_environments)
     except (ExportError, plots.NoSamplesError) as exc:
         print(f"detbench export: {exc}", file=sys.stderr)
         return 2
-    print(paths[0].read_text(), end="")
+    if not args.compare:
+        print(paths[0].read_text(), end="")
     print(f"\n{len(df)} runs from {resolve_uri(args.uri)}; wrote:")
     for path in paths:
         print(f"  {path}")
