@@ -232,7 +232,7 @@ def _meta(run: pd.Series) -> dict[str, Any]:
 
 
 def _ci_bounds(runs: pd.DataFrame) -> dict[Any, tuple[float, float]]:
-    """Index -> 95 % bootstrap interval of images/sec: the logged metrics
+    """Index -> 95 % batch-means interval of images/sec: the logged metrics
     images_per_sec_ci_low/high if any, else from the run's latencies.csv."""
     out: dict[Any, tuple[float, float]] = {}
     for i, run in runs.iterrows():
@@ -247,12 +247,12 @@ def _ci_bounds(runs: pd.DataFrame) -> dict[Any, tuple[float, float]]:
 
 
 def _bootstrap_from_artifact(uri: str, run_id: str) -> tuple[float, float]:
-    from runner.stats import bootstrap_ci
+    from runner.stats import throughput_interval
 
     try:
         latencies = io.BytesIO(tracking.read_artifact(uri, run_id, "latencies.csv"))
         latencies_ms = pd.read_csv(latencies)["latency_ms"].to_numpy(dtype=np.float64)
-        return bootstrap_ci(latencies_ms / 1000.0, "throughput")
+        return throughput_interval(latencies_ms / 1000.0)
     except Exception as exc:  # noqa: BLE001 - one run's missing file must not stop the export
         log.warning("run %s: no throughput CI (%s: %s)", run_id, type(exc).__name__, exc)
         return math.nan, math.nan
