@@ -307,6 +307,10 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
         verdict = json.loads(stability_file.read_text())
         tracker.set_tags({"detbench.stability": "stable" if verdict["stable"] else "unstable",
                           "detbench.stability_warning": verdict["warning"]})
+    checks_file = job_dir / "output_checks.json"  # runner.checks: counted output findings
+    if checks_file.is_file():
+        tracker.set_tags({"detbench.output_checks": json.loads(checks_file.read_text())[
+            "summary"][:5000]})
     backend_file = job_dir / "backend.json"
     if backend_file.is_file():
         tracker.set_tags({f"backend.{k}": v for k, v in json.loads(
@@ -318,7 +322,7 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
     _log_samples(tracker, job_dir)
     names = ("config.yaml", "latencies.csv", "samples.csv", "detections.json", "keypoints.json",
              "masks.json", "environment.json", "telemetry.json", "backend.json", "table_row.md",
-             "calibration.json")
+             "calibration.json", "output_checks.json")
     tracker.log_artifacts([job_dir / n for n in names if (job_dir / n).is_file()])
 
 
