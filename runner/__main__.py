@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from runner.job import JobResult
 
 config.register()
+# resolution=<any HxW> (a custom model's size) is expressed as resolution.name=HxW for Hydra
+sys.argv[1:] = config.rewrite_resolution_args(
+    sys.argv[1:], os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf"))
 log = logging.getLogger("runner")
 
 

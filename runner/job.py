@@ -476,6 +476,9 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
     if verdict:
         tracker.set_tags({"detbench.stability": "stable" if verdict["stable"] else "unstable",
                           "detbench.stability_warning": verdict["warning"]})
+    checks = jobdir.read_json_if(job_dir / jobdir.OUTPUT_CHECKS)  # runner.checks' findings
+    if checks:
+        tracker.set_tags({"detbench.output_checks": checks["summary"][:5000]})
     described = jobdir.read_json_if(job_dir / jobdir.BACKEND)
     if described:
         tracker.set_tags({f"backend.{k}": v for k, v in described.items()})

@@ -93,13 +93,9 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     jobdir.write_csv(path, rows)
 
 
-def _resize_target(cfg: JobConfig, input_shape: Sequence[int | None]) -> tuple[int, int] | None:
-    """Where inputs must be resized before timing: the nominal size for the ``seed`` policy, the
-    model's fixed input size when it has one, else nothing (the model resizes)."""
-    if cfg.benchmark.input_policy == "seed":
-        return config.resolution_hw(config.nominal_resolution(cfg))
-    h, w = input_shape[1], input_shape[2]
-    return (int(h), int(w)) if h is not None and w is not None else None
+def _input_spec(cfg: JobConfig, backend: Any) -> data.InputSpec:
+    """How inputs are prepared before timing (size, resize rule, values): ``data.input_spec``."""
+    return data.input_spec(cfg, backend.input_shape, backend.input_dtype)
 
 
 def seed_order(dataset: data.Dataset) -> data.Dataset:
@@ -131,11 +127,11 @@ def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
 
     tftrt.check_available()
     source = NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype)
-    resize, dtype = _resize_target(cfg, source.input_shape), source.input_dtype
+    inputs, dtype = _input_spec(cfg, source), source.input_dtype
     del source
-    build = [p.tensor for p in data.prepare(dataset.images[:1], dtype, resize)]
+    build = [p.tensor for p in data.prepare(dataset.images[:1], spec=inputs)]
     calibration = [p.tensor for p in data.prepare(
-        _records(spec.extra.get("calibration", [])), dtype, resize)]
+        _records(spec.extra.get("calibration", [])), spec=inputs)]
     return tftrt.TrtBackend(model_dir, Path(cfg.cache_dir).expanduser() / "trt", m.signature,
                             m.input_name, dtype, cfg.precision.trt,
                             str(gpus[0].get("name")) if gpus else "none", build, calibration)
@@ -144,15 +140,7 @@ def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
 def _adapter(cfg: JobConfig) -> Any:
     from runner import signatures
 
-    custom = None
-    if cfg.model.outputs == "custom":
-        keys = {role: key for role in config.ROLES
-                if (key := getattr(cfg.model.output_keys, role))}
-        custom = signatures.OutputSpec(keys=keys,
-                                       box_format=cfg.model.box_format,
-                                       box_order=cfg.model.box_order,
-                                       class_offset=cfg.model.class_offset)
-    return signatures.adapter(cfg.model.outputs, custom)
+    return signatures.from_config(cfg.model)
 
 
 def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
@@ -188,21 +176,27 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
         start = time.perf_counter()
         backend = _backend(cfg, spec, dataset, sampler.gpus)
         timings["load_s"] = time.perf_counter() - start
-        adapt = _adapter(cfg)
-        resize = _resize_target(cfg, backend.input_shape)
+        from runner import checks
+
+        adapt = checks.OutputGuard.for_job(  # output sanity checks: before and after timing
+            _adapter(cfg), dataset.annotations,
+            [r.image_id for r in dataset.images[:checks.FIRST_CALLS]], cfg.model.output_checks)
+        inputs = _input_spec(cfg, backend)
         results = Results(truncate_boxes=seed)
         latencies: list[np.ndarray] = []
         bar: Any = None
         for index, chunk in enumerate(data.chunked(dataset.images, bench.chunk_size)):
             sampler.mark_phase("prepare")
             start = time.perf_counter()
-            tensors = [p.tensor for p in data.prepare(chunk, backend.input_dtype, resize)]
+            prepared = data.prepare(chunk, spec=inputs)
+            tensors = [p.tensor for p in prepared]
             timings["prepare_s"] += time.perf_counter() - start
             if index == 0:
                 backend.check_executed(tensors[0])  # what ran, e.g. that AMP fired
                 jobdir.write_json(job_dir / jobdir.BACKEND, backend.describe())
-                first = tensors[0]  # outputs checked against the contract before any timing
-                adapt(backend.predict(first), (int(first.shape[1]), int(first.shape[2])))
+                adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS],
+                                    lambda s, c=chunk: data.prepare(
+                                        c[:checks.FIRST_CALLS], spec=s, progress=False), inputs)
                 sampler.mark_phase("warmup")
                 start = time.perf_counter()
                 # the seed policy's warm-up is its first 50 timed calls, dropped afterwards
@@ -211,11 +205,11 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
                 bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr)
             sampler.mark_phase("timed")
 
-            sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+            sizes = [p.frame for p in prepared]
 
             def on_output(i: int, outputs: Mapping[str, np.ndarray],
                           chunk: Sequence[data.ImageRecord] = chunk,
-                          sizes: Sequence[tuple[int, int]] = sizes) -> None:
+                          sizes: Sequence[Any] = sizes) -> None:
                 results.add(chunk[i], adapt(outputs, sizes[i]))
 
             end = offset + len(tensors)
@@ -227,9 +221,10 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
             sampler.mark_phase("record")
             latencies.append(np.stack(passes))
             offset = end
-            del tensors, on_output
+            del tensors, prepared, on_output
         if bar is not None:
             bar.close()
+        adapt.after_timing(job_dir)  # every call's outputs, judged after the last timed call
         sampler.mark_phase("done")
     finally:
         sampler.stop()
@@ -247,7 +242,7 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
     return {"latencies": np.concatenate(latencies, axis=1), "results": results,
             "timings": timings,
             "telemetry": {**sampler.summary("timed", num_images=len(dataset.images)),
-                          **backend_metrics}}
+                          **backend_metrics, **adapt.metrics()}}
 
 
 #: the public script timed every image and dropped its first 50 timings (its warm-up)
