@@ -428,8 +428,10 @@ def variants(spec: OutputSpec, outputs: Outputs) -> list[OutputSpec]:
     info_key = spec.image_info_key or ("image_info" if "image_info" in outputs else None)
     if info_key and info_key in outputs:
         frames.append("image_info")
+    resizes = [spec.internal_resize]
     if spec.box_frame == "internal":
         frames.append("internal")
+        resizes = list(RESIZE_RULES)
     keysets = [dict(spec.keys)]
     if "classes" in spec.keys and "scores" in spec.keys:
         keysets.append({**spec.keys, "classes": spec.keys["scores"],
@@ -440,11 +442,12 @@ def variants(spec: OutputSpec, outputs: Outputs) -> list[OutputSpec]:
             for frame in frames:
                 for offset in (spec.class_offset, spec.class_offset + 1, spec.class_offset - 1):
                     for class_map in CLASS_MAPS:
-                        out.append(replace(spec, keys=keys, box_format=fmt, box_order="yx",
-                                           box_frame=frame, class_offset=offset,
-                                           class_map=class_map, image_info_key=(
-                                               info_key if frame == "image_info"
-                                               else spec.image_info_key)))
+                        for rule in resizes if frame == "internal" else [spec.internal_resize]:
+                            out.append(replace(
+                                spec, keys=keys, box_format=fmt, box_order="yx",
+                                box_frame=frame, class_offset=offset, class_map=class_map,
+                                internal_resize=rule, image_info_key=(
+                                    info_key if frame == "image_info" else spec.image_info_key)))
     return out
 
 
