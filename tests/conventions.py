@@ -9,7 +9,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from runner import config, data, worker
-from tests.conftest import compose_job
+from tests.conftest import CONF_DIR, compose_job
+
+__all__ = ["CONF_DIR", "checks_file", "run"]
 
 
 def run(job_dir: Path, model_dir: Path, images: Path, annotations: Path,

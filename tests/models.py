@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 BEHAVIOURS = ("ok", "raise", "abort", "hang", "bad_shape", "float_input")
@@ -132,6 +133,13 @@ class Convention:
     int_outputs: bool = False  # classes and num_detections as int32 (Model Garden)
     extra: str = "none"  # none | ssd | faster_rcnn | centernet | centernet_kpts (exporter keys)
     score: float = 1.0
+    zero_for_class: int | None = None  # num_detections 0 on images of this category
+    #: the CenterNet MobileNetV2 TFLite-graph export: output_0.. = (num, scores, classes, boxes),
+    #: or with "keypoints" (keypoint scores, keypoints, num, scores, classes, boxes)
+    tflite_outputs: str = "none"
+    #: nonsense outputs (issue 11 item 5): negative_num | inf_box | score_above_1 | class_1000 |
+    #: class_negative | inverted | slightly_outside (only images of category 3, by 3% of width)
+    fault: str = "none"
 
 
 def _resize_like(image: tf.Tensor, size: tuple[int, int], rule: str) -> tuple[tf.Tensor, Any]:
@@ -206,18 +214,32 @@ class _ConventionModel(tf.Module):
                 info = tf.stack([tf.stack([fed_h, fed_w]), tf.stack([ch, cw]),
                                  tf.stack([ch / fed_h, cw / fed_w]), tf.zeros([2])])[None]
         box, coco_id, height, width = _find_rectangle(pixels)
+        if c.fault == "inverted":
+            box = tf.gather(box, [2, 3, 0, 1])
+        elif c.fault == "inf_box":
+            box = box + tf.constant([0.0, 0.0, np.inf, 0.0], tf.float32)
+        elif c.fault == "slightly_outside":
+            box = tf.where(tf.equal(coco_id, 3.0),
+                           tf.stack([box[0], box[1], box[2], width * 1.03]), box)
         label = coco_id
         if c.coco80:
             label = tf.cast(tf.argmax(tf.cast(tf.equal(tf.constant(COCO80, tf.float32),
                                                        coco_id), tf.int32)), tf.float32)
         label = label - c.class_offset
+        if c.fault in ("class_1000", "class_negative"):
+            label = tf.constant(1000.0 if c.fault == "class_1000" else -5.0)
         pad = c.rows - 1
         fill = -1.0 if c.padding == "minus_one" else 0.0
         boxes = tf.concat([_in_format(box, c.box_format, height, width)[None],
                            tf.fill([pad, 4], fill)], 0)
         classes = tf.concat([label[None], tf.fill([pad], fill)], 0)
-        scores = tf.concat([tf.constant([c.score]), tf.zeros([pad])], 0)
+        top = 7.5 if c.fault == "score_above_1" else c.score
+        scores = tf.concat([tf.constant([top]), tf.zeros([pad])], 0)
         num = tf.constant([1.0])
+        if c.fault == "negative_num":
+            num = tf.constant([-3.0])
+        if c.zero_for_class is not None:
+            num = tf.where(tf.equal(coco_id, float(c.zero_for_class)), 0.0, 1.0)[None]
         if c.int_outputs:
             classes, num = tf.cast(classes, tf.int32), tf.cast(num, tf.int32)
         out = {c.keys[0]: boxes, c.keys[1]: classes, c.keys[2]: scores}
@@ -228,6 +250,11 @@ class _ConventionModel(tf.Module):
         if info is not None:
             out["image_info"] = info
         out |= _exporter_extras(c, boxes, scores, classes)
+        if c.tflite_outputs != "none":
+            parts = [out[c.keys[3]], out[c.keys[2]], out[c.keys[1]], out[c.keys[0]]]
+            if c.tflite_outputs == "keypoints":
+                parts = [tf.ones([1, c.rows, 17]), tf.zeros([1, c.rows, 17, 2]), *parts]
+            return {f"output_{i}": t for i, t in enumerate(parts)}
         return out
 
 
