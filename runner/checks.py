@@ -30,14 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from runner import signatures
+from runner import jobdir, signatures
 from runner.detections import Detections, Frame
 
 FIRST_CALLS = 8  # images run and judged before timing
 SLIGHT = 0.01  # a box edge beyond the image by more than 1% of its size counts as outside
 FAR = 0.5  # ... by more than half the image: such boxes cannot be in this frame
 CONFIDENT = 0.5  # score of the detections compared with the ground truth before timing
-FILE = "output_checks.json"
+FILE = jobdir.OUTPUT_CHECKS
 
 
 class OutputCheckError(ValueError):
@@ -380,10 +380,10 @@ class OutputGuard:
         """Judge every call; write ``output_checks.json``; raise if the run is meaningless."""
         findings = self.findings()
         if job_dir is not None:
-            (job_dir / FILE).write_text(json.dumps(
-                {"tally": asdict(self.tally), "findings": [asdict(f) for f in findings],
-                 "first_calls": asdict(self.first) if self.first else None,
-                 "summary": summary(findings)}, indent=1))
+            jobdir.write_json(job_dir / FILE, {
+                "tally": asdict(self.tally), "findings": [asdict(f) for f in findings],
+                "first_calls": asdict(self.first) if self.first else None,
+                "summary": summary(findings)})
         for f in findings:
             if not f.fatal:
                 print(f"WARNING: output check: {f.message}", file=sys.stderr)

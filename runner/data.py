@@ -77,7 +77,108 @@ def _read_annotations(path: Path) -> dict[str, Any]:
         if not isinstance(doc.get(key), list):
             raise ConfigError(f"annotations file {str(path)!r} has no {key!r} list: "
                               "not COCO format")
+    validate_annotations(doc, path)
     return doc
+
+
+def _ids(values: Sequence[Any], limit: int = 10) -> str:
+    """``3, 7, 9`` (and ``... (N in all)`` past ``limit``) for an error message."""
+    shown = ", ".join(repr(v) for v in values[:limit])
+    return shown if len(values) <= limit else f"{shown}, ... ({len(values)} in all)"
+
+
+def _duplicates(values: Sequence[Any]) -> list[Any]:
+    seen: set[Any] = set()
+    dups: list[Any] = []
+    for value in values:
+        if value in seen and value not in dups:
+            dups.append(value)
+        seen.add(value)
+    return dups
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_size(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def validate_annotations(doc: dict[str, Any], path: Path) -> None:
+    """Refuse a COCO annotations document that would fail late or change AP silently.
+
+    Checked before any model loads (a duplicate image id used to fail only after every image
+    was timed; a duplicate annotation id changed box AP from 72.64 to 72.04 without a word).
+    Each message names the file and the offending ids. Costs about 0.2 s for a document of
+    COCO val2017's size (5,000 images, 36,781 annotations; measured on a shared 2-core VM)."""
+    where = f"annotations file {str(path)!r}"
+    images, anns, cats = doc["images"], doc["annotations"], doc["categories"]
+    if not images:
+        raise ConfigError(f"{where} has an empty 'images' list: there is nothing to measure")
+    not_dict = [i for i, info in enumerate(images) if not isinstance(info, dict)]
+    if not_dict:
+        raise ConfigError(f"{where}: images[{_ids(not_dict)}] are not objects")
+    bad_ids = [info.get("id") for info in images if not _is_int(info.get("id"))]
+    if bad_ids:
+        raise ConfigError(f"{where}: image ids must be integers; found {_ids(bad_ids)}")
+    image_ids = [info["id"] for info in images]
+    dup = _duplicates(image_ids)
+    if dup:
+        raise ConfigError(f"{where}: duplicate image ids {_ids(dup)} (each image needs its own "
+                          "id: detections are matched to ground truth by it)")
+    for key in ("width", "height"):
+        bad = [info["id"] for info in images if not _is_size(info.get(key))]
+        if bad:
+            raise ConfigError(f"{where}: images with a missing or non-positive integer {key!r}: "
+                              f"ids {_ids(bad)}")
+    bad = [info["id"] for info in images if not isinstance(info.get("file_name"), str)
+           or not info["file_name"]]
+    if bad:
+        raise ConfigError(f"{where}: images without a 'file_name': ids {_ids(bad)}")
+    bad_cats = [c.get("id") if isinstance(c, dict) else c for c in cats
+                if not (isinstance(c, dict) and _is_int(c.get("id")))]
+    if bad_cats:
+        raise ConfigError(f"{where}: category ids must be integers; found {_ids(bad_cats)}")
+    category_ids = [c["id"] for c in cats]
+    dup = _duplicates(category_ids)
+    if dup:
+        raise ConfigError(f"{where}: duplicate category ids {_ids(dup)}")
+    _validate_instances(where, anns, set(image_ids), set(category_ids))
+
+
+def _validate_instances(where: str, anns: Sequence[Any], image_ids: set[int],
+                        category_ids: set[int]) -> None:
+    not_dict = [i for i, ann in enumerate(anns) if not isinstance(ann, dict)]
+    if not_dict:
+        raise ConfigError(f"{where}: annotations[{_ids(not_dict)}] are not objects")
+    bad = [ann.get("id") for ann in anns if not _is_int(ann.get("id"))]
+    if bad:
+        raise ConfigError(f"{where}: annotation ids must be integers; found {_ids(bad)}")
+    dup = _duplicates([ann["id"] for ann in anns])
+    if dup:
+        raise ConfigError(f"{where}: duplicate annotation ids {_ids(dup)} (COCO evaluation keys "
+                          "ground truth by id, so a duplicate silently changes AP)")
+    unknown = [ann["id"] for ann in anns if ann.get("image_id") not in image_ids]
+    if unknown:
+        raise ConfigError(f"{where}: annotations referencing an image id that is not in "
+                          f"'images': annotation ids {_ids(unknown)}")
+    unknown = [ann["id"] for ann in anns if ann.get("category_id") not in category_ids]
+    if unknown:
+        raise ConfigError(f"{where}: annotations referencing a category id that is not in "
+                          f"'categories': annotation ids {_ids(unknown)}")
+    bad = [ann["id"] for ann in anns if not _is_box(ann.get("bbox"))]
+    if bad:
+        raise ConfigError(f"{where}: annotations whose 'bbox' is not [x, y, width, height] with "
+                          f"finite numbers and width, height >= 0: annotation ids {_ids(bad)}")
+
+
+def _is_box(box: Any) -> bool:
+    import math
+
+    return (isinstance(box, list) and len(box) == 4
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in box) and box[2] >= 0 and box[3] >= 0)
 
 
 def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
@@ -100,19 +201,34 @@ def load_dataset(cfg: DatasetConfig, cache_dir: str) -> Dataset:
         assert cfg.images_dir is not None and cfg.annotations is not None
         images_dir = Path(cfg.images_dir).expanduser()
         ann_path = Path(cfg.annotations).expanduser()
-    doc = _read_annotations(ann_path)
-    infos = sorted(doc["images"], key=lambda info: int(info["id"]))
-    if cfg.num_images is not None and cfg.num_images > len(infos):
-        raise ConfigError(f"dataset.num_images={cfg.num_images} exceeds the {len(infos)} "
+    every = _records(ann_path, images_dir)
+    if cfg.num_images is not None and cfg.num_images > len(every):
+        raise ConfigError(f"dataset.num_images={cfg.num_images} exceeds the {len(every)} "
                           f"images of {str(ann_path)!r}")
-    every = tuple(
-        ImageRecord(int(i["id"]), images_dir / i["file_name"], int(i["width"]), int(i["height"]))
-        for i in infos
-    )
     cut = len(every) if cfg.num_images is None else cfg.num_images
     records, unscored = every[:cut], every[cut:]
     require_files(records, f"image file(s) listed in {str(ann_path)!r}")
     return Dataset(cfg.name, cfg.display_name, ann_path, records, keypoints, unscored)
+
+
+_LAST: dict[tuple[str, str, int, int], tuple[ImageRecord, ...]] = {}
+
+
+def _records(ann_path: Path, images_dir: Path) -> tuple[ImageRecord, ...]:
+    """The annotation file's images sorted by id, read and validated once per process while the
+    file is unchanged (the parent loads the dataset for its resume check, then for the job)."""
+    try:
+        st = ann_path.stat()
+    except OSError as exc:
+        raise ConfigError(f"annotations file {str(ann_path)!r} cannot be read: "
+                          f"{exc.strerror or exc}") from exc
+    key = (str(ann_path.resolve()), str(images_dir), st.st_size, st.st_mtime_ns)
+    if key not in _LAST:
+        infos = sorted(_read_annotations(ann_path)["images"], key=lambda info: int(info["id"]))
+        _LAST.clear()  # one entry: COCO val2017's list is small, its parsed document is not
+        _LAST[key] = tuple(ImageRecord(int(i["id"]), images_dir / i["file_name"], int(i["width"]),
+                                       int(i["height"])) for i in infos)
+    return _LAST[key]
 
 
 def require_files(records: Sequence[ImageRecord], what: str) -> None:
