@@ -296,11 +296,10 @@ def examine(reader: signatures.OutputReader, outputs: Sequence[Mapping[str, np.n
     if not outputs or not (verdict.fatal or agree.confident):
         return verdict
     current = reader.spec_for(outputs[0])
-    best: tuple[tuple[int, int, int], signatures.OutputSpec, Agreement] | None = None
+    best: tuple[tuple[int, int, float, int], signatures.OutputSpec, Agreement] | None = None
     for spec in signatures.variants(current, outputs[0]):
         try:
-            alt_findings, alt = evaluate(
-                lambda out, frame, spec=spec: signatures.read_parsed(out, spec, frame))
+            alt_findings, alt = evaluate(signatures.OutputReader("custom", spec).parse)
         except (signatures.OutputError, ValueError, IndexError):
             continue
         score = _score(alt_findings, alt)
@@ -424,7 +423,7 @@ def _input_fix(reader: signatures.OutputReader, predict: Callable[[Any], Mapping
     from dataclasses import replace
 
     truths = truths[:INPUT_SEARCH_IMAGES]
-    best: tuple[tuple[int, int], tuple[str, ...], Agreement] | None = None
+    best: tuple[tuple[int, float, int], tuple[str, ...], Agreement] | None = None
     for low, high in INPUT_RANGES:
         unit = 1.0 if high <= 1 else 255.0
         imagenet = None if low < 0 else (tuple(round(v * unit, 4) for v in IMAGENET[0]),
@@ -443,8 +442,9 @@ def _input_fix(reader: signatures.OutputReader, predict: Callable[[Any], Mapping
                             f"model.channel_order={order}"]
                     for name, value in (("input_mean", mean), ("input_std", std)):
                         if value != getattr(spec, name[6:]):
-                            sets.append(f"model.{name}=" + (
-                                "null" if value is None else f"[{','.join(f'{v:g}' for v in value)}]"))
+                            listed = "null" if value is None else (
+                                f"[{','.join(f'{v:g}' for v in value)}]")
+                            sets.append(f"model.{name}={listed}")
                     best = (agree.key, tuple(sets), agree)
     if best is None or best[2].confident < 3 or (
             best[2].same_class < 0.5 * best[2].confident) or best[0] <= current.key:
