@@ -238,7 +238,7 @@ def test_zoo_within_and_outside_tolerance(store: Store, tmp_path: Path) -> None:
     table = (tmp_path / "out" / "comparison.md").read_text()
     assert "reproduced: \\|+0.25\\| <= 0.3" in table and "OUTSIDE: \\|-0.50\\| > 0.3" in table
     assert table.count("| measured ") == 3 and table.count("| difference ") == 3
-    check_png(tmp_path / "out" / "comparison.png", (1500, 600))
+    check_png(tmp_path / "out" / "comparison.png", (1800, 600))
 
     rc, _ = _export(store, tmp_path / "strict", "--compare", "zoo", "--tolerance", "0.2")
     assert rc == 0 and _verdicts(tmp_path / "strict")[within]["verdict"] == "outside"
@@ -300,7 +300,7 @@ def test_make_table_compares_each_run_with_the_reference_of_its_policy(store: St
     rows = _verdicts(tmp_path / "t")
     assert rows[native]["reference"] == "zoo" and rows[seed]["reference"] == "public"
     assert rows[native]["verdict"] == rows[seed]["verdict"] == "reproduced"
-    check_png(tmp_path / "t" / "comparison.png", (1500, 600))
+    check_png(tmp_path / "t" / "comparison.png", (1800, 600))
     # runs no reference knows: the table alone, no comparison files
     other = _experiment(Path(store.uri.removeprefix("sqlite:///")).parent, f"{store.name}-o")
     other.run("demo", "256x256", 70.0)
@@ -486,4 +486,4 @@ def test_demo_cli_comparison_with_its_reference_file(demo_sweep: DemoSweep, tmp_
     full = rows[demo_sweep.children[0]]
     assert full["verdict"] == "reproduced" and full["images"] == 200
     assert full["ref AP"] == demo_sweep.figures["AP"]
-    check_png(out / "comparison.png", (1500, 600))
+    check_png(out / "comparison.png", (1800, 600))
