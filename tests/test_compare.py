@@ -26,13 +26,13 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from runner import export, zoo
+from runner import zoo
 from runner.callbacks import PARENT_ENV, SWEEP_TAG
 from runner.evaluate import STAT_NAMES
-from runner.results import compare, references
+from runner.results import compare, export, references
 from runner.results.references import VALUE_COLUMNS
-from runner.runs import ExportError, load_runs
-from runner.table import COLUMNS
+from runner.results.runs import ExportError, load_runs
+from runner.results.table import COLUMNS
 from tests.conftest import ROOT, check_png
 
 #: The reference documents beside the checkout (../shared/reference), or where

@@ -1,7 +1,7 @@
 """Benchmark runs from any MLflow tracking store as a pandas DataFrame: which runs (filters),
 their tags, params and latest metrics, and whether they come from one environment.
 
-``load_runs(uri, filters)`` is what ``runner.export`` (the table, CSV and plots) and the sweep's
+``load_runs(uri, filters)`` is what ``runner.results.export`` (the table, CSV and plots) and the sweep's
 parent run (``runner.callbacks``) read.
 """
 
@@ -29,6 +29,8 @@ TAG_COLUMNS: dict[str, str] = {
     "tensorflow": "env.tensorflow",
     "cpu_model": "env.cpu_model",
     "error": "error",
+    "error_type": "error.type",
+    "error_message": "error.message",
     "parent_run_id": "mlflow.parentRunId",
     "input_policy": "detbench.input_policy",
 }
