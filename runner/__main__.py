@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from runner.job import JobResult
 
 config.register()
+# resolution=<any HxW> (a custom model's size) is expressed as resolution.name=HxW for Hydra
+sys.argv[1:] = config.rewrite_resolution_args(
+    sys.argv[1:], os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf"))
 log = logging.getLogger("runner")
 
 
@@ -34,7 +37,8 @@ log = logging.getLogger("runner")
 def main(cfg: DictConfig) -> dict[str, str | None]:
     from pathlib import Path
 
-    from runner import job, report
+    from runner import job
+    from runner.results import report
     from runner.tracking import (
         TrackingUnavailable,
         check_reachable,

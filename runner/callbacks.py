@@ -2,7 +2,7 @@
 MLflow run: each job's run carries the tag ``mlflow.parentRunId`` (runner/job.py reads the id
 from ``$DETBENCH_PARENT_RUN_ID``, set here before the first job; an environment variable reaches
 jobs run in this process by the basic launcher and in child processes by submitit), and at the end
-the parent gets the sweep's status and its children's table and plots (runner.export)."""
+the parent gets the sweep's status and its children's table and plots (runner.results.export)."""
 
 from __future__ import annotations
 
@@ -53,10 +53,12 @@ def sweep_params(argv: list[str], overrides: list[str]) -> dict[str, str]:
 class SweepParentRun(Callback):
     """One parent MLflow run per multirun; ``tracking_uri`` / ``experiment`` default to the
     sweep config's ``tracking.uri`` / ``tracking.experiment``. ``report``: attach table.md,
-    table.csv and the plots of the children (``extra`` as ``python -m runner.export --extra``)."""
+    table.csv and the plots of the children (``extra`` as ``python -m runner.results.export
+    --extra``)."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
-                 report: bool = True, extra: str = "") -> None:
+                 report: bool = True, extra: str = "", compare: str = "auto") -> None:
+        self.compare = compare  # reference for runner.results.compare (auto: by input policy)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.report = report
@@ -172,13 +174,14 @@ class SweepParentRun(Callback):
             client.set_tag(self.run_id, key, value)
 
     def _child_statuses(self) -> list[str]:
-        from runner.runs import search_all_runs
+        from runner.results.runs import search_all_runs
 
         runs = search_all_runs(self.uri, f"tags.`mlflow.parentRunId` = '{self.run_id}'")
         return [r.info.status for r in runs]
 
     def _attach_report(self) -> None:
-        from runner import export, runs, tracking
+        from runner import tracking
+        from runner.results import export, runs
 
         assert self.run_id is not None
         children = runs.load_runs(self.uri, runs.Filters(parent=self.run_id))
@@ -189,6 +192,14 @@ class SweepParentRun(Callback):
             client = tracking.client(self.uri)
             for path in paths:
                 client.log_artifact(self.run_id, str(path))
+            try:
+                from runner.results import compare
+
+                compare.log_to_runs(self.uri, self.run_id, children,
+                                    compare.resolve(self.compare, self.uri), out)
+            except Exception as exc:  # noqa: BLE001 - a comparison problem is not a job failure
+                log.exception("sweep parent run %s: no comparison", self.run_id)
+                self._tag({"detbench.compare_error": f"{type(exc).__name__}: {exc}"[:5000]})
         log.info("sweep report: %s", ", ".join(p.name for p in paths))
 
 

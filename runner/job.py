@@ -28,8 +28,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import config, data, jobdir, signals, table
+from runner import config, data, fingerprint, jobdir, signals
 from runner.config import JobConfig
+from runner.results import table
 from runner.worker import JobSpec, dataset_dict
 
 log = logging.getLogger(__name__)
@@ -171,10 +172,12 @@ def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
 
 
 def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, str], key: str,
-                    output_dir: Path) -> tuple[Any, str | None, str | None]:
+                    output_dir: Path, prints: Any = None
+                    ) -> tuple[Any, str | None, str | None]:
     """(tracker with a started run, None, None); (None, a skip reason, None) when the job
-    already FINISHED; (None, None, why) when the store cannot take the run (the server gone
-    mid-sweep, a read-only database). Writes tracking.json for runner.sync."""
+    already FINISHED with the same config, model bytes, dataset and environment (``prints``);
+    (None, None, why) when the store cannot take the run (the server gone mid-sweep, a
+    read-only database). Writes tracking.json for runner.sync."""
     from mlflow.exceptions import MlflowException
 
     from runner.tracking import Tracker, TrackingUnavailable, resolve_uri
@@ -185,6 +188,8 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
             "detbench.dataset": job_cfg.dataset.display_name, "detbench.identity": key,
             "detbench.input_policy": job_cfg.benchmark.input_policy,
             "detbench.job_dir": str(output_dir.resolve())}
+    if prints is not None:  # model bytes, dataset and env.key (runner.fingerprint)
+        tags.update({**prints.tags(key), "detbench.identity": prints.identity(key)})
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
     params = _params(cfg, choices)
@@ -195,10 +200,12 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
     try:
         tracker = Tracker(job_cfg.tracking.uri, job_cfg.tracking.experiment)
         tracker.reap_orphans()
-        done = None if job_cfg.benchmark.rerun else tracker.find_finished(key)
-        if done:
-            return None, (f"already measured: FINISHED run {done} has the same config "
-                          "(benchmark.rerun=true measures it again)"), None
+        if not job_cfg.benchmark.rerun and prints is not None:
+            skip, note = fingerprint.resume_decision(tracker, key, prints)
+            if skip:
+                return None, skip, None
+            if note:
+                log.info("%s", note)
         record["run_id"] = tracker.start(name, params, tags)
     except (TrackingUnavailable, MlflowException, OSError) as exc:
         problem = _store_problem(str(record["uri"]), exc)
@@ -237,8 +244,10 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     reason = config.skip_reason(job_cfg)
     if reason:
         return JobResult("SKIPPED", None, uri, error=reason, name=name)
+    prints = fingerprint.of_job(job_cfg)  # loads and validates the dataset: before any run
     signals.install()  # also where submitit runs the job without runner.__main__
-    tracker, skip, problem = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir)
+    tracker, skip, problem = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir,
+                                             prints)
     if skip:
         return JobResult("SKIPPED", None, uri, error=skip, name=name)
     result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
@@ -467,6 +476,9 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
     if verdict:
         tracker.set_tags({"detbench.stability": "stable" if verdict["stable"] else "unstable",
                           "detbench.stability_warning": verdict["warning"]})
+    checks = jobdir.read_json_if(job_dir / jobdir.OUTPUT_CHECKS)  # runner.checks' findings
+    if checks:
+        tracker.set_tags({"detbench.output_checks": checks["summary"][:5000]})
     described = jobdir.read_json_if(job_dir / jobdir.BACKEND)
     if described:
         tracker.set_tags({f"backend.{k}": v for k, v in described.items()})

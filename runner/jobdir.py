@@ -50,10 +50,11 @@ ERROR = "error.json"  # the child's exception: type, message, traceback[, signal
 TABLE_ROW = "table_row.md"
 OUTCOME = "outcome.json"  # status, error_type, error, traceback: written before logging
 PUBLISHED = "published.json"  # written once the directory is logged to MLflow (runner.sync skips)
+OUTPUT_CHECKS = "output_checks.json"  # runner.checks: counted findings on the model's outputs
 
 #: logged as the run's artifacts, when present
 ARTIFACTS = (CONFIG, LATENCIES, SAMPLES, DETECTIONS, KEYPOINTS, MASKS, ENVIRONMENT, TELEMETRY,
-             BACKEND, TABLE_ROW, CALIBRATION)
+             BACKEND, TABLE_ROW, CALIBRATION, OUTPUT_CHECKS)
 _NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 

@@ -275,6 +275,15 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
+    def latest_finished(self, key: str, value: str) -> tuple[str, dict[str, str]] | None:
+        """(run id, tags) of the newest FINISHED run in this experiment with tag ``key`` =
+        ``value``, if any (resume decides with it)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{key}` = '{value}' and attributes.status = 'FINISHED'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        return (runs[0].info.run_id, dict(runs[0].data.tags)) if runs else None
+
     def find_by_tag(self, key: str, value: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{key}` = '{value}'", max_results=1)

@@ -93,13 +93,20 @@ def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     jobdir.write_csv(path, rows)
 
 
-def _resize_target(cfg: JobConfig, input_shape: Sequence[int | None]) -> tuple[int, int] | None:
-    """Where inputs must be resized before timing: the nominal size for the ``seed`` policy, the
-    model's fixed input size when it has one, else nothing (the model resizes)."""
-    if cfg.benchmark.input_policy == "seed":
-        return config.resolution_hw(config.nominal_resolution(cfg))
-    h, w = input_shape[1], input_shape[2]
-    return (int(h), int(w)) if h is not None and w is not None else None
+def _input_spec(cfg: JobConfig, backend: Any) -> data.InputSpec:
+    """How inputs are prepared before timing (size, resize rule, values): ``data.input_spec``."""
+    return data.input_spec(cfg, backend.input_shape, backend.input_dtype)
+
+
+def seed_order(dataset: data.Dataset) -> data.Dataset:
+    """For the ``seed`` policy: the dataset's images in the annotation file's order (the public
+    script took them so; ``load_dataset`` sorts by id), so that the same images are the first 50
+    whose timings are dropped, and the timed sequence is the script's."""
+    position = {int(info["id"]): i for i, info in enumerate(
+        json.loads(Path(dataset.annotations).read_text())["images"])}
+    ordered = sorted(dataset.images, key=lambda r: position.get(r.image_id, len(position)))
+    return data.Dataset(dataset.name, dataset.display_name, dataset.annotations, tuple(ordered),
+                        dataset.keypoint_annotations, dataset.unscored)
 
 
 def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
@@ -120,11 +127,11 @@ def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
 
     tftrt.check_available()
     source = NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype)
-    resize, dtype = _resize_target(cfg, source.input_shape), source.input_dtype
+    inputs, dtype = _input_spec(cfg, source), source.input_dtype
     del source
-    build = [p.tensor for p in data.prepare(dataset.images[:1], dtype, resize)]
+    build = [p.tensor for p in data.prepare(dataset.images[:1], spec=inputs)]
     calibration = [p.tensor for p in data.prepare(
-        _records(spec.extra.get("calibration", [])), dtype, resize)]
+        _records(spec.extra.get("calibration", [])), spec=inputs)]
     return tftrt.TrtBackend(model_dir, Path(cfg.cache_dir).expanduser() / "trt", m.signature,
                             m.input_name, dtype, cfg.precision.trt,
                             str(gpus[0].get("name")) if gpus else "none", build, calibration)
@@ -133,15 +140,7 @@ def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
 def _adapter(cfg: JobConfig) -> Any:
     from runner import signatures
 
-    custom = None
-    if cfg.model.outputs == "custom":
-        keys = {role: key for role in config.ROLES
-                if (key := getattr(cfg.model.output_keys, role))}
-        custom = signatures.OutputSpec(keys=keys,
-                                       box_format=cfg.model.box_format,
-                                       box_order=cfg.model.box_order,
-                                       class_offset=cfg.model.class_offset)
-    return signatures.adapter(cfg.model.outputs, custom)
+    return signatures.from_config(cfg.model)
 
 
 def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
@@ -158,6 +157,7 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
 
         enable_xla_before_tf_import()
     bench = cfg.benchmark
+    seed = bench.input_policy == "seed"
     timings: dict[str, float] = {"prepare_s": 0.0}
     # every latency lands in the memory-mapped log as it is measured (kept whatever ends this)
     log = jobdir.create_latency_log(job_dir, bench.repeats, len(dataset.images))
@@ -169,39 +169,47 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
         env = {**environment.collect(sampler.gpus), "telemetry.backend": sampler.backend,
                "telemetry.gpu_found": str(sampler.gpu_found).lower(),
                "telemetry.reason": sampler.reason or "",
-               "telemetry.sampler": sampler.mode or "off"}
+               "telemetry.sampler": sampler.mode or "off",
+               "detbench.timing_method": SEED_METHOD if seed else NATIVE_METHOD}
         jobdir.write_json(job_dir / jobdir.ENVIRONMENT, env)
         sampler.mark_phase("load")
         start = time.perf_counter()
         backend = _backend(cfg, spec, dataset, sampler.gpus)
         timings["load_s"] = time.perf_counter() - start
-        adapt = _adapter(cfg)
-        resize = _resize_target(cfg, backend.input_shape)
-        results = Results(truncate_boxes=bench.input_policy == "seed")
+        from runner import checks
+
+        adapt = checks.OutputGuard.for_job(  # output sanity checks: before and after timing
+            _adapter(cfg), dataset.annotations,
+            [r.image_id for r in dataset.images[:checks.FIRST_CALLS]], cfg.model.output_checks)
+        inputs = _input_spec(cfg, backend)
+        results = Results(truncate_boxes=seed)
         latencies: list[np.ndarray] = []
         bar: Any = None
         for index, chunk in enumerate(data.chunked(dataset.images, bench.chunk_size)):
             sampler.mark_phase("prepare")
             start = time.perf_counter()
-            tensors = [p.tensor for p in data.prepare(chunk, backend.input_dtype, resize)]
+            prepared = data.prepare(chunk, spec=inputs)
+            tensors = [p.tensor for p in prepared]
             timings["prepare_s"] += time.perf_counter() - start
             if index == 0:
                 backend.check_executed(tensors[0])  # what ran, e.g. that AMP fired
                 jobdir.write_json(job_dir / jobdir.BACKEND, backend.describe())
-                first = tensors[0]  # outputs checked against the contract before any timing
-                adapt(backend.predict(first), (int(first.shape[1]), int(first.shape[2])))
+                first = chunk[:checks.FIRST_CALLS]
+                adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS],
+                                    lambda s: data.prepare(first, spec=s, progress=False), inputs)
                 sampler.mark_phase("warmup")
                 start = time.perf_counter()
-                warm_up(backend.predict, tensors, bench.warmup)
+                # the seed policy's warm-up is its first 50 timed calls, dropped afterwards
+                warm_up(backend.predict, tensors, 0 if seed else bench.warmup)
                 timings["warmup_s"] = time.perf_counter() - start
                 bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr)
             sampler.mark_phase("timed")
 
-            sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+            sizes = [p.frame for p in prepared]
 
             def on_output(i: int, outputs: Mapping[str, np.ndarray],
                           chunk: Sequence[data.ImageRecord] = chunk,
-                          sizes: Sequence[tuple[int, int]] = sizes) -> None:
+                          sizes: Sequence[Any] = sizes) -> None:
                 results.add(chunk[i], adapt(outputs, sizes[i]))
 
             end = offset + len(tensors)
@@ -213,9 +221,10 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
             sampler.mark_phase("record")
             latencies.append(np.stack(passes))
             offset = end
-            del tensors, on_output
+            del tensors, prepared, on_output
         if bar is not None:
             bar.close()
+        adapt.after_timing(job_dir)  # every call's outputs, judged after the last timed call
         sampler.mark_phase("done")
     finally:
         sampler.stop()
@@ -233,29 +242,74 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
     return {"latencies": np.concatenate(latencies, axis=1), "results": results,
             "timings": timings,
             "telemetry": {**sampler.summary("timed", num_images=len(dataset.images)),
-                          **backend_metrics}}
+                          **backend_metrics, **adapt.metrics()}}
+
+
+#: the public script timed every image and dropped its first 50 timings (its warm-up)
+SEED_DROPPED_TIMINGS = 50
+NATIVE_METHOD = "native: count / total time, p99 as benchmark.percentile_method"
+SEED_METHOD = ("seed: public script (first 50 timings dropped, images/sec = mean of per-call "
+               "rates, p99 'lower')")
+
+
+def timed_latencies(passes: np.ndarray, cfg: JobConfig) -> np.ndarray:
+    """The latencies the statistics are computed over (``passes``: repeats x images): all of them,
+    or for the ``seed`` policy all but the first ``SEED_DROPPED_TIMINGS`` of each pass, as the
+    public script did (its statistics are over N - 50 images)."""
+    if cfg.benchmark.input_policy != "seed":
+        return passes
+    if passes.shape[1] <= SEED_DROPPED_TIMINGS:
+        raise ValueError(f"benchmark.input_policy='seed' drops the first {SEED_DROPPED_TIMINGS} "
+                         f"timings as the public script did, but only {passes.shape[1]} images "
+                         f"were timed: use dataset.num_images > {SEED_DROPPED_TIMINGS}")
+    return passes[:, SEED_DROPPED_TIMINGS:]
 
 
 def timing_metrics(passes: np.ndarray, cfg: JobConfig, telemetry: Mapping[str, float],
                    job_dir: Path) -> dict[str, float]:
-    """Statistics of all timed calls (``passes``: repeats x images), bootstrap 95% CIs of mean
-    latency and throughput, per-repeat mean and spread, and the stability verdict."""
-    from runner.stats import bootstrap_ci, stability, summarize, summarize_repeats
+    """Statistics of all timed calls (``passes``: repeats x images), batch-means 95% intervals of
+    mean latency and throughput (valid for autocorrelated calls), between-run spread and interval
+    when the config ran more than once (``repeats``), and the stability verdict. The ``seed``
+    policy computes them as the public script did (``SEED_METHOD``): ``images_per_sec`` is then
+    the mean of per-call rates and its interval that of the rates."""
+    from runner.stats import mean_interval, stability, summarize, summarize_repeats
 
-    method = cfg.benchmark.percentile_method
-    pooled = passes.reshape(-1)
+    seed = cfg.benchmark.input_policy == "seed"
+    method = "lower" if seed else cfg.benchmark.percentile_method
+    kept = timed_latencies(passes, cfg)
+    pooled = kept.reshape(-1)
     out = summarize(pooled, method).as_metrics()
-    low, high = bootstrap_ci(pooled, "mean")
-    out |= {"latency_mean_ci_low_ms": low * 1000, "latency_mean_ci_high_ms": high * 1000}
-    low, high = bootstrap_ci(pooled, "throughput")
+    if seed:
+        out["images_per_sec"] = out["images_per_sec_mean_of_rates"]
+        out["timings_dropped"] = float(passes.size - kept.size)
+    # one interval per pass (a pass is a dependent series), pooled passes are one series too
+    latency = mean_interval(pooled)
+    out |= {"latency_mean_ci_low_ms": latency.low * 1000,
+            "latency_mean_ci_high_ms": latency.high * 1000,
+            "ci_batch_size": float(latency.batch_size),
+            "latency_autocorrelation_time": latency.autocorrelation_time}
+    if seed:
+        rates = mean_interval(1.0 / pooled)
+        low, high = rates.low, rates.high
+    else:
+        low, high = 1.0 / latency.high, 1.0 / latency.low
     out |= {"images_per_sec_ci_low": low, "images_per_sec_ci_high": high}
-    if len(passes) > 1:
-        per_repeat = [summarize(p, method).as_metrics() for p in passes]
+    if len(kept) > 1:
+        per_repeat = [summarize(p, method).as_metrics() for p in kept]
+        if seed:
+            for metrics in per_repeat:
+                metrics["images_per_sec"] = metrics["images_per_sec_mean_of_rates"]
         out |= {f"repeats.{k}": v for k, v in summarize_repeats(per_repeat).items()}
+    coverage = telemetry.get("telemetry_coverage")
     stable, warning = stability(pooled, cfg.benchmark.cv_threshold,
-                                throttled=telemetry.get("gpu_throttle_thermal_or_power", 0) > 0)
+                                throttled=telemetry.get("gpu_throttle_thermal_or_power", 0) > 0,
+                                telemetry_coverage=None if coverage is None else float(coverage))
     out["stable"] = float(stable)
-    jobdir.write_json(job_dir / jobdir.STABILITY, {"stable": stable, "warning": warning})
+    jobdir.write_json(job_dir / jobdir.STABILITY, {
+        "stable": stable, "warning": warning,
+        "timing_method": SEED_METHOD if seed else NATIVE_METHOD,
+        "interval": f"{int(100 * latency.confidence)}% batch means within the run "
+                    f"(batches of {latency.batch_size} calls)"})
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
     return out
@@ -292,6 +346,9 @@ def execute(job_dir: Path) -> dict[str, float]:
     """The whole measured part; writes ``metrics.json`` and returns the metrics."""
     spec = JobSpec.read(job_dir)
     cfg, dataset = spec.job_config(), spec.dataset_obj()  # parsed once for both steps
+    if cfg.benchmark.input_policy == "seed":
+        timed_latencies(np.zeros((1, len(dataset.images))), cfg)  # refuse N <= 50 before timing
+        dataset = seed_order(dataset)
     measured = measure(spec, cfg, dataset, job_dir)
     metrics = evaluate(spec, cfg, dataset, measured, job_dir)
     jobdir.write_json(job_dir / jobdir.METRICS, metrics)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner import table
+from runner.results import table
 from runner.job import JobResult
 
 
