@@ -99,6 +99,7 @@ class Sampler:
         self.cpu_share: float | None = None
         #: peak RSS of the measured process since it started (VmHWM), read at stop
         self.rss_hwm_mb: float | None = None
+        self.wall_start = 0.0
         self._isolate = nvml is None if isolate is None else isolate
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
@@ -198,6 +199,8 @@ class Sampler:
             self._counters = CounterReader(os.getpid(), exclude=self._child_pids, energy=energy)
             self._driver_seen_us = {g.label: int(time.time() * 1e6) for g in self._devices}
         first = self._boundary()
+        #: time.time() at the sampler's t_s = 0 (samples' t_s are seconds after it)
+        self.wall_start = first.wall if first is not None else time.time()
         with self._lock:
             self._t0 = first.t if first is not None else time.monotonic()
             self._started = True
