@@ -20,6 +20,8 @@ from tests import fake_nvml
 from tests.fake_nvml import FakeGpu, FakeNvml, FakeNVMLError
 
 INTERVAL = 0.01
+#: the default priority: SCHED_FIFO 1 where this process may set it, else the normal class
+PROCESS_MODES = ("process (SCHED_FIFO 1)", "process (normal (SCHED_FIFO not permitted))")
 
 
 def run_phases(sampler: Sampler, timed_s: float = 0.12) -> Sampler:
@@ -95,7 +97,7 @@ def test_samples_in_a_separate_process_by_default() -> None:
     threads_before = threading.active_count()
     run_phases(sampler)
     assert threading.active_count() == threads_before  # no sampling thread in this process
-    assert sampler.mode == "process (normal)"
+    assert sampler.mode in PROCESS_MODES
     assert sampler.cpu_share is not None and 0 <= sampler.cpu_share < 0.5
     assert sampler.summary("timed")["samples_count"] >= 5  # 0.12 s at 10 ms
 
@@ -130,6 +132,7 @@ def test_a_killed_sampling_process_keeps_the_rows_it_streamed(tmp_path: Path) ->
     os.kill(sampler._child.pid, signal.SIGKILL)
     sampler._child.wait()
     sampler.mark_phase("done")  # the pipe is broken: recorded, not raised
+    time.sleep(0.05)  # clock ticks for the host's counters
     sampler.stop()
     phases = {row["phase"] for row in sampler.samples()}
     assert {"start", "timed", "record"} <= phases  # rows taken before the kill are kept
@@ -251,7 +254,7 @@ def test_nvml_sampled_in_the_separate_process(tmp_path: Path,
     assert (sampler.backend, [g["name"] for g in sampler.gpus]) == (
         "nvml", ["NVIDIA H200", "NVIDIA H200"])
     run_phases(sampler)
-    assert sampler.mode == "process (normal)" and sampler.errors == []
+    assert sampler.mode in PROCESS_MODES and sampler.errors == []
     rows = sampler.samples()
     assert {r["device"] for r in rows} == {"gpu0", "gpu1"}
     assert set(rows[0]) == {"t_s", "phase", "device", *telemetry.GPU_FIELDS}

@@ -57,8 +57,13 @@ class CounterReader:
         ok = True
         for proc in self._tree():
             try:
-                times = proc.cpu_times()  # type: ignore[attr-defined]
-                cpu += times.user + times.system
+                if proc is self._root and self._root.pid == os.getpid():
+                    # this process: the clock's resolution, not /proc's 10 ms ticks (on a
+                    # 0.1 s phase, ticks alone would be off by up to 10%)
+                    cpu += time.process_time()
+                else:
+                    times = proc.cpu_times()  # type: ignore[attr-defined]
+                    cpu += times.user + times.system
                 rss += proc.memory_info().rss / _MB  # type: ignore[attr-defined]
             except psutil.NoSuchProcess:
                 continue  # a child that ended between listing and reading

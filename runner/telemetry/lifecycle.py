@@ -61,8 +61,9 @@ class Sampler:
     """Samples device telemetry every ``interval_s``, tagged by phase.
 
     ``isolate`` (default: unless ``nvml`` is handed in, which cannot cross into a process)
-    samples in a ``python -m runner.telemetry.probe`` process at ``priority`` (``normal``, or
-    ``idle`` = SCHED_IDLE) instead of a thread of this one. Rows stream to ``rows_path`` (a
+    samples in a ``python -m runner.telemetry.probe`` process at ``priority`` (``realtime`` =
+    SCHED_FIFO 1 where permitted, else normal; ``normal``; ``idle`` = SCHED_IDLE; see
+    ``probe``) instead of a thread of this one. Rows stream to ``rows_path`` (a
     temporary file when None) and reach ``samples()`` and ``summary()`` when the sampler stops.
     """
 
@@ -73,7 +74,7 @@ class Sampler:
         enabled: bool = True,
         isolate: bool | None = None,
         rows_path: str | os.PathLike[str] | None = None,
-        priority: str = "normal",
+        priority: str = "realtime",
     ) -> None:
         if not (isinstance(interval_s, int | float) and math.isfinite(interval_s)) or (
             interval_s <= 0
@@ -93,7 +94,7 @@ class Sampler:
         self.notes: list[str] = []
         #: why the time series miss part of the run ("" when they do not): a killed sampler
         self.incomplete = ""
-        #: where samples are taken: "process (normal)", "process (SCHED_IDLE)", "thread", ""
+        #: where samples are taken: "process (SCHED_FIFO 1)", "process (normal)", "thread", ""
         self.mode = ""
         #: CPU time of the sampling process / its sampling wall time (process mode, after stop)
         self.cpu_share: float | None = None

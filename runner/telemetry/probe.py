@@ -11,11 +11,18 @@ The sampling process takes a first sample, writes ``ready`` to stdout, then samp
 at most its last second of rows. On ``q`` or end of stdin it takes one last sample, flushes, and
 writes ``{"count", "errors", "priority", "cpu_s", "wall_s"}`` as JSON to stdout.
 
-Priority (``--priority``): ``normal`` (default) keeps the default scheduling class: the process
-sleeps between samples and works about 30 us per sample, so the scheduler wakes it on time even
-when the benchmark and other processes keep every core busy. ``idle`` (SCHED_IDLE, which
-detbench used before) runs only on idle cycles: under load it starved (18 of ~40 expected samples
-at 50 ms with load average 8.8) exactly in the runs that need it. Figures: benchmarks/README.md.
+Priority (``--priority``), decided by measurement (2 cores, a CPU hog per core besides the
+other load, load average 14-17; 8 s at each setting, ``benchmarks/sampler_cost.py`` for the
+figures with the benchmark running):
+
+- ``realtime`` (default): SCHED_FIFO at the lowest real-time priority, where the process may
+  (CAP_SYS_NICE; root here), else ``normal``. 10 ms: 800 of 800 expected samples, twice; 50 ms:
+  160 of 160. It sleeps between samples and takes 1.4% of one core at 10 ms, 0.5% at 50 ms (the
+  kernel's real-time throttle caps it at 95% of a core in any case).
+- ``normal``: the default scheduling class. 10 ms: 727 and 448 of 800; 50 ms: 159 of 160.
+- ``idle``: SCHED_IDLE (detbench's sampler before): runs only on idle cycles. 10 ms: 25 of 800;
+  under load it starved (18 of ~40 expected at 50 ms with load average 8.8) exactly in the runs
+  that need it, and under a hog its start could time out altogether.
 """
 
 from __future__ import annotations
@@ -98,7 +105,7 @@ READY = "ready\n"
 MEMORY_EVERY = 10
 #: streamed rows reach the file at least this often (a killed process loses at most this much)
 FLUSH_S = 1.0
-PRIORITIES = ("normal", "idle")
+PRIORITIES = ("normal", "idle", "realtime")
 
 
 def error_text(error: BaseException) -> str:
@@ -331,10 +338,17 @@ def sample_loop(take: Callable[[], None], interval_s: float,
 
 
 def set_priority(priority: str) -> str:
-    """``idle``: SCHED_IDLE for this process (Linux), else the lowest nice value; ``normal``:
-    unchanged. Says what it got."""
+    """``idle``: SCHED_IDLE for this process (Linux), else the lowest nice value; ``realtime``:
+    SCHED_FIFO at the lowest real-time priority where permitted (CAP_SYS_NICE), else
+    unchanged; ``normal``: unchanged. Says what it got."""
     if priority == "normal":
         return "normal"
+    if priority == "realtime":
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+            return "SCHED_FIFO 1"
+        except (AttributeError, OSError):
+            return "normal (SCHED_FIFO not permitted)"
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         return "SCHED_IDLE"
@@ -384,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, required=True, help="seconds between samples")
     parser.add_argument("--backend", choices=tuple(ROW_TYPES), required=True)
     parser.add_argument("--rows", type=Path, required=True, help="CSV file the rows stream to")
-    parser.add_argument("--priority", choices=PRIORITIES, default="normal")
+    parser.add_argument("--priority", choices=PRIORITIES, default="realtime")
     parser.add_argument("--pid", type=int, default=os.getppid(), help="the measured process")
     parser.add_argument("--gpus", type=lambda s: [int(i) for i in s.split(",") if i], default=[],
                         help="NVML indices, comma-separated")
