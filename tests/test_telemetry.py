@@ -403,8 +403,8 @@ def test_counter_summary_is_exact_over_the_windows_by_hand() -> None:
     util = {"gpu0": [(int(1000.5e6), 10.0), (int(1002e6), 90.0), (int(1004.6e6), 70.0)]}
     assert summary.driver_util_summary(util, pairs) == {"gpu_util_driver_mean": 80.0,
                                                         "gpu_util_driver_samples": 2.0}
-    no_energy = [_reading(0, 0, 0, 1, None), _reading(1, 1, 1, 2, None)]
-    assert "gpu_energy_counter_j" not in summary.counter_summary([tuple(no_energy)], 1)
+    no_energy = (_reading(0, 0, 0, 1, None), _reading(1, 1, 1, 2, None))
+    assert "gpu_energy_counter_j" not in summary.counter_summary([no_energy], 1)
 
 
 def test_coverage_counts_distinct_samples_in_the_windows() -> None:

@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import Any
 
 _MB = 1024.0 * 1024.0
 
@@ -39,7 +40,7 @@ class CounterReader:
         self._exclude = exclude
         self._energy = energy
 
-    def _tree(self) -> list[object]:
+    def _tree(self) -> list[Any]:
         excluded = set(self._exclude())
         try:
             children = [c for c in self._root.children(recursive=True) if c.pid not in excluded]
@@ -62,9 +63,9 @@ class CounterReader:
                     # 0.1 s phase, ticks alone would be off by up to 10%)
                     cpu += time.process_time()
                 else:
-                    times = proc.cpu_times()  # type: ignore[attr-defined]
+                    times = proc.cpu_times()
                     cpu += times.user + times.system
-                rss += proc.memory_info().rss / _MB  # type: ignore[attr-defined]
+                rss += proc.memory_info().rss / _MB
             except psutil.NoSuchProcess:
                 continue  # a child that ended between listing and reading
             except psutil.Error:

@@ -37,7 +37,9 @@ from runner.telemetry.probe import (
     ROW_TYPES,
     Gpu,
     GpuReader,
+    GpuRow,
     HostReader,
+    HostRow,
     Row,
     RowWriter,
     Value,
@@ -327,7 +329,8 @@ class Sampler:
         if self._rows_path is None or (self._writer is None and self._child is None):
             return
         try:
-            rows = read_rows(self._rows_path, ROW_TYPES[self.backend])
+            rows: list[Row] = list(read_rows(self._rows_path, GpuRow) if self.backend == "nvml"
+                                   else read_rows(self._rows_path, HostRow))
         except (OSError, ValueError) as e:
             self.incomplete = self.incomplete or f"the streamed rows could not be read: {e}"
             self._record_error(f"rows file: {error_text(e)}")

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 Value = float | int | str | None
 
@@ -144,7 +144,7 @@ class GpuReader:
             name: getattr(nvml, name, None) for name in ROW_FUNCTIONS
         }
 
-    def rows(self) -> list[Row]:
+    def rows(self) -> list[GpuRow]:
         t = time.monotonic()
         return [self._row(gpu, t) for gpu in self.devices]
 
@@ -255,7 +255,7 @@ class HostReader:
             return float(self._process.memory_info().rss) / _MB
         return int(os.pread(self._statm, 128, 0).split()[1]) * self._page_mb
 
-    def rows(self) -> list[Row]:
+    def rows(self) -> list[HostRow]:
         t = time.monotonic()
         cpu, process, rss = self._cpu_percent(), self._process_percent(t), self._rss_mb()
         self._count += 1
@@ -301,7 +301,10 @@ def _number(text: str) -> float | None:
     return None if text == "" else float(text)
 
 
-def read_rows(path: str | os.PathLike[str], row_type: type[GpuRow] | type[HostRow]) -> list[Row]:
+RowT = TypeVar("RowT", GpuRow, HostRow)
+
+
+def read_rows(path: str | os.PathLike[str], row_type: type[RowT]) -> list[RowT]:
     """The rows a ``RowWriter`` streamed, back as ``row_type`` (a row cut off by a kill, at
     the end of the file, is left out). Raises ValueError when the header is not ``row_type``'s."""
     with open(path, newline="") as fh:
@@ -313,7 +316,7 @@ def read_rows(path: str | os.PathLike[str], row_type: type[GpuRow] | type[HostRo
     if header != row_type._fields:
         raise ValueError(f"{str(path)!r} holds columns {header}, not {row_type._fields}")
     complete = lines[1:] if text.endswith("\n") else lines[1:-1]
-    rows: list[Row] = []
+    rows: list[RowT] = []
     for line in complete:
         if len(line) != len(header):
             continue
