@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner import config, worker
+from runner import config, jobdir, worker
 from tests.conftest import compose_job
 
 
@@ -34,10 +34,12 @@ def test_noisy_or_throttled_timings_are_flagged(tmp_path: Path) -> None:
 
 
 def test_resize_target_follows_policy_and_fixed_inputs() -> None:
-    assert worker._resize_target(_cfg(), [1, None, None, 3]) is None
-    assert worker._resize_target(_cfg(), [1, 512, 512, 3]) == (512, 512)
+    from runner import data
+
+    assert data.input_spec(_cfg(), [1, None, None, 3], "uint8").size is None
+    assert data.input_spec(_cfg(), [1, 512, 512, 3], "uint8").size == (512, 512)
     seed = _cfg("benchmark.input_policy=seed")
-    assert worker._resize_target(seed, [1, None, None, 3]) == (256, 256)
+    assert data.input_spec(seed, [1, None, None, 3], "uint8").size == (256, 256)
 
 
 def _public_script_numbers(timings_s: np.ndarray) -> dict[str, float]:
@@ -140,7 +142,7 @@ def test_keypoint_model_without_keypoint_annotations_keeps_keypoints_and_says_wh
     # telemetry through the worker: coverage logged, rows streamed, exact CPU means labelled
     assert 0 < metrics["telemetry_coverage"] <= 1
     assert {"process_cpu_util_mean", "host_cpu_util_mean"} <= set(metrics)
-    assert (job_dir / worker.TELEMETRY_ROWS).is_file() and (job_dir / "samples.csv").is_file()
+    assert (job_dir / jobdir.TELEMETRY_ROWS).is_file() and (job_dir / "samples.csv").is_file()
     telemetry = json.loads((job_dir / "telemetry.json").read_text())
     assert telemetry["incomplete"] == "" and "telemetry.incomplete" not in tags
     assert tags["detbench.timing_method"] == worker.NATIVE_METHOD
