@@ -109,7 +109,9 @@ def _ready(child: subprocess.Popen[bytes]) -> bytes:
     return child.stdout.readline() if ready else b""
 
 
-@pytest.mark.parametrize("priority", ["realtime", "normal", "idle"])
+# not "idle": a SCHED_IDLE process may get no CPU at all while the machine is busy (what
+# benchmarks/sampler_cost.py measures), and a test must not wait for a CPU
+@pytest.mark.parametrize("priority", ["realtime", "normal"])
 def test_sampling_process_protocol(tmp_path: Path, priority: str) -> None:
     rows_file = tmp_path / "rows.csv"
     child = _start(rows_file, "--interval", "0.01", "--backend", "psutil", "--pid",
@@ -125,8 +127,7 @@ def test_sampling_process_protocol(tmp_path: Path, priority: str) -> None:
     assert child.returncode == 0, err
     assert got["errors"] == []
     assert got["priority"] in {"realtime": ("SCHED_FIFO 1", "normal (SCHED_FIFO not permitted)"),
-                               "normal": ("normal",),
-                               "idle": ("SCHED_IDLE", "nice 19", "default")}[priority]
+                               "normal": ("normal",)}[priority]
     rows = probe.read_rows(rows_file, probe.HostRow)
     assert len(rows) == got["count"]
     times = [row.t for row in rows]
@@ -154,6 +155,18 @@ def test_streamed_rows_survive_a_kill(tmp_path: Path) -> None:
     child.communicate()
     rows = probe.read_rows(rows_file, probe.HostRow)
     assert len(rows) >= 0.5 * probe.FLUSH_S / 0.01  # the flushed second of 10 ms samples
+
+
+def test_sigterm_flushes_the_rows_and_exits_143(tmp_path: Path) -> None:
+    rows_file = tmp_path / "rows.csv"
+    child = _start(rows_file, "--interval", "0.01", "--backend", "psutil")
+    assert _ready(child) == probe.READY.encode()
+    time.sleep(0.2)
+    child.terminate()
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 128 + 15 and out == b""
+    rows = probe.read_rows(rows_file, probe.HostRow)
+    assert len(rows) >= 2  # the first, and those of the 0.2 s before SIGTERM, not only flushed ones
 
 
 def test_read_rows_leaves_out_a_cut_off_row_and_checks_columns(tmp_path: Path) -> None:

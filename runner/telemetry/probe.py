@@ -34,6 +34,7 @@ import io
 import json
 import os
 import select
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -387,6 +388,20 @@ def _stdin_waiter(fd: int, woken: list[bool]) -> Callable[[float], bool]:
     return wait
 
 
+def _flush_on_signals(writer: RowWriter) -> None:
+    """SIGTERM/SIGHUP (``docker stop``, SLURM, ``timeout`` to the job's process group): the rows
+    taken reach the file, then the process exits 128 + signal without its report (the parent
+    tags the telemetry incomplete)."""
+
+    def end(signum: int, _frame: object) -> None:
+        writer.close()
+        os._exit(128 + signum)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), end)
+
+
 def _cpu_s() -> float:
     return time.process_time()  # user + system, at the clock's resolution (not 10 ms ticks)
 
@@ -430,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         take()
         _say_ready()
         start_cpu, start_wall = _cpu_s(), time.monotonic()
+        _flush_on_signals(writer)
         sample_loop(take, args.interval, _stdin_waiter(sys.stdin.fileno(), woken))
         woken[0] = True
         take()
