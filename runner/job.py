@@ -47,8 +47,9 @@ PUBLISHED = jobdir.PUBLISHED
 STOP_GRACE_S = 10.0
 #: metrics of a job's telemetry that the parent can rebuild from samples.csv for a job that did
 #: not finish (name -> (column, statistic)); the full set comes from runner.telemetry
-PARTIAL_TELEMETRY = {"cpu_util_mean": ("cpu_util_pct", "mean"),
-                     "cpu_util_max": ("cpu_util_pct", "max"),
+PARTIAL_TELEMETRY = {"host_cpu_util_mean": ("host_cpu_util_pct", "mean"),
+                     "host_cpu_util_max": ("host_cpu_util_pct", "max"),
+                     "process_cpu_util_mean": ("process_cpu_util_pct", "mean"),
                      "process_rss_peak_mb": ("process_rss_mb", "max"),
                      "gpu_util_mean": ("gpu_util_pct", "mean"),
                      "gpu_util_max": ("gpu_util_pct", "max"),

@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 META_COLUMNS: tuple[str, ...] = (
     "status", "error", "run_id", "run_name", "experiment", "start_time", "parent_run_id",
     "model", "resolution", "precision", "dataset", "env_key", "gpu_name", "tensorflow",
-    "cpu_model",
+    "cpu_model", "input_policy",
 )
+#: Markdown column naming each row's measuring method (``benchmark.input_policy``: ``native``,
+#: or ``seed`` = the public script's timing and box conversion), shown when any row is not native
+METHOD_COLUMN = "Method"
 #: The public table's precision order within one model and input.
 PRECISION_ORDER = ("Native FP32", "TF-TRT FP32", "TF-TRT FP16", "TF-TRT INT8")
 ERROR_CHARS = 60  # a failed row's AP cell: "failed: " + at most this many characters
@@ -181,6 +184,9 @@ def build_report(df: pd.DataFrame, extra: str | Sequence[str] = (),
     columns = [*table.COLUMNS, *(EXTRAS[n].column for n in used)]
     if labels:
         columns.append(ENV_COLUMN)
+    policies = {str(p) for p in runs.get("input_policy", pd.Series(dtype=object)).dropna()}
+    if policies - {"native"}:
+        columns.append(METHOD_COLUMN)
     rows, raws = [], []
     for i, run in runs.iterrows():
         bounds = ci[i] if ci is not None else (math.nan, math.nan)
@@ -188,9 +194,12 @@ def build_report(df: pd.DataFrame, extra: str | Sequence[str] = (),
         if labels:
             env = labels.get(str(run["env_key"]), "unknown")
             row[ENV_COLUMN], raw[ENV_COLUMN] = _cell(env), env
+        if METHOD_COLUMN in columns:
+            policy = run.get("input_policy")
+            row[METHOD_COLUMN] = _cell(policy if isinstance(policy, str) else "")
         rows.append(row)
         raws.append(raw | _meta(run))
-    raw_columns = [name for c in columns
+    raw_columns = [name for c in columns if c != METHOD_COLUMN  # input_policy: a META column
                    for name in ((CI_LOW, CI_HIGH) if c == CI_COLUMN else (c,))]
     frame = pd.DataFrame(raws, columns=[*raw_columns, *META_COLUMNS])
     return Report(columns, rows, frame)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runner.results import table
 from runner.job import JobResult
+from runner.results import table
 
 
 def _details(m: dict[str, float]) -> str:
@@ -20,8 +20,9 @@ def _details(m: dict[str, float]) -> str:
         parts.append(f"GPU util mean {m['gpu_util_mean']:.0f}%")
     if "gpu_energy_per_image_j" in m:
         parts.append(f"{m['gpu_energy_per_image_j']:.3f} J/image")
-    if "cpu_util_mean" in m:
-        parts.append(f"CPU util mean {m['cpu_util_mean']:.0f}%")
+    if "process_cpu_util_mean" in m:
+        parts.append(f"CPU util mean: process tree {m['process_cpu_util_mean']:.0f}%, "
+                     f"host {m.get('host_cpu_util_mean', float('nan')):.0f}%")
     return "; ".join(parts)
 
 
