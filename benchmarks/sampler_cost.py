@@ -50,7 +50,9 @@ SETTINGS: dict[str, tuple[float | None, bool, str]] = {
     "off": (None, True, "realtime"), "50ms": (0.05, True, "realtime"),
     "10ms": (0.01, True, "realtime"), "10ms_normal": (0.01, True, "normal"),
     "10ms_idle": (0.01, True, "idle"), "10ms_thread": (0.01, False, "normal")}
-HOG = "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+#: a busy loop that ends after ``seconds`` or when its parent (this script) is gone
+HOG = ("import os, time\nparent, end = os.getppid(), time.time() + {seconds}\n"
+       "while time.time() < end and os.getppid() == parent:\n    pass\n")
 
 
 @contextmanager
