@@ -490,7 +490,10 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
     if fresh:
         tracker.log_metrics(fresh)
     _log_samples(tracker, job_dir, logged)
-    tracker.log_artifacts(jobdir.existing(job_dir, jobdir.ARTIFACTS))
+    names: tuple[str, ...] = jobdir.ARTIFACTS
+    if not (job_dir / jobdir.SAMPLES).is_file():  # a killed worker: the rows it streamed
+        names = (*names, jobdir.TELEMETRY_ROWS)
+    tracker.log_artifacts(jobdir.existing(job_dir, names))
 
 
 def _partial_metrics(job_dir: Path) -> dict[str, float]:
@@ -530,10 +533,29 @@ def _sample_rows(job_dir: Path) -> list[dict[str, str]]:
         return []
 
 
+def _streamed_rows(job_dir: Path) -> list[dict[str, str]]:
+    """The sampler's rows as streamed to telemetry_rows.csv (no phase: that is kept in the
+    worker's memory), for a worker killed before it wrote samples.csv."""
+    path = job_dir / jobdir.TELEMETRY_ROWS
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as fh:
+            return [{**r, "t_s": r.get("t", "")} for r in csv.DictReader(fh)]
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        log.warning("%s is unreadable (%s): its rows are not logged", path, exc)
+        return []
+
+
 def _partial_telemetry(job_dir: Path) -> dict[str, float]:
     """``partial.*`` telemetry of the timed phase from the rows in samples.csv (means and
-    peaks of the quantities in PARTIAL_TELEMETRY), for a job that did not finish."""
+    peaks of the quantities in PARTIAL_TELEMETRY), for a job that did not finish; from every
+    row streamed to telemetry_rows.csv when the worker was killed before it wrote samples.csv
+    (then ``partial.telemetry_all_phases`` = 1: load and warm-up are in the figures)."""
     rows = [r for r in _sample_rows(job_dir) if r.get("phase") == "timed"]
+    all_phases = not (job_dir / jobdir.SAMPLES).is_file()
+    if all_phases:
+        rows = _streamed_rows(job_dir)
     out: dict[str, float] = {}
     for name, (column, statistic) in PARTIAL_TELEMETRY.items():
         values = [v for r in rows if (v := _number(r.get(column))) is not None]
@@ -542,6 +564,8 @@ def _partial_telemetry(job_dir: Path) -> dict[str, float]:
                 sum(values) / len(values))
     if rows:
         out["partial.samples_count"] = float(len({r.get("t_s") for r in rows}))
+        if all_phases:
+            out["partial.telemetry_all_phases"] = 1.0
     return out
 
 

@@ -221,8 +221,9 @@ def _build_hang_after(directory: Path, calls: int, fifo: Path) -> Path:
 
         def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
             n = self.calls.assign_add(1)
-            blocked = tf.cond(n > calls, lambda: tf.io.read_file(str(fifo)),
-                              lambda: tf.constant(""))
+            # the name depends on n, so that grappler cannot constant-fold the read at load time
+            name = tf.strings.join([str(fifo), tf.strings.substr(tf.strings.as_string(n), 0, 0)])
+            blocked = tf.cond(n > calls, lambda: tf.io.read_file(name), lambda: tf.constant(""))
             zero = 0.0 * tf.cast(tf.strings.length(blocked), tf.float32)
             zero += 0.0 * tf.reduce_mean(tf.cast(image, tf.float32))
             return {"detection_boxes": tf.constant([[[0.1, 0.1, 0.6, 0.6]]]) + zero,
@@ -239,12 +240,13 @@ def test_a_model_hung_in_the_timed_loop_times_out_with_its_latencies(
         tmp_path: Path, cache_dir: Path) -> None:
     fifo = tmp_path / "never_written.fifo"
     os.mkfifo(fifo)
-    timed = 5  # 1 contract check + 1 warm-up call + 5 timed calls, then the 8th call hangs
-    model = _build_hang_after(tmp_path / "hang_after", 2 + timed, fifo)
+    # 3 untimed calls (what ran, the output contract, 1 warm-up), 5 timed, then one hangs
+    timed = 5
+    model = _build_hang_after(tmp_path / "hang_after", 3 + timed, fifo)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = _job(tmp_path, uri, cache_dir, "model=custom", f"model.path={model}",
                "dataset.num_images=20", "benchmark.warmup=1", "benchmark.timeout_s=40",
-               "benchmark.telemetry=false", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = job.communicate(timeout=300)
     assert job.returncode == 1, err[-3000:]
     (run,) = _runs(uri)
@@ -254,6 +256,10 @@ def test_a_model_hung_in_the_timed_loop_times_out_with_its_latencies(
     rows = _artifact_rows(uri, run.info.run_id, jobdir.LATENCIES, tmp_path / "dl")
     assert len(rows) == timed
     assert not _workers(tmp_path)
+    # the worker was SIGKILLed (hung in C++): the sampler's streamed rows are what is left
+    if not (tmp_path / "run" / jobdir.SAMPLES).exists():
+        assert run.data.metrics["partial.samples_count"] >= 1
+        assert run.data.metrics["partial.telemetry_all_phases"] == 1.0
 
 
 # -- a full disk -------------------------------------------------------------------------------
