@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import config, data
 from runner.config import JobConfig
-from runner.results import table
+from runner.results import describe, table
 from runner.worker import JobSpec, dataset_dict
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,21 @@ def model_dir(cfg: JobConfig) -> Path:
 
 
 def run_name(cfg: JobConfig) -> str:
-    return cfg.tracking.run_name or (
-        f"{cfg.model.name}@{config.nominal_resolution(cfg)}/{cfg.precision.name}"
-    )
+    """``model@resolution/precision``, then the job's other swept settings in brackets."""
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    base = f"{cfg.model.name}@{config.nominal_resolution(cfg)}/{cfg.precision.name}"
+    return describe.run_name(base, job_variant())
+
+
+def job_variant() -> str:
+    """The overrides that tell this job apart from its sweep's others (describe.variant)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    overrides = [str(o) for o in HydraConfig.get().overrides.task]
+    return describe.variant(overrides, describe.swept_from_env())
 
 
 def identity(cfg: DictConfig) -> str:
@@ -109,6 +121,8 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
             "detbench.dataset": job_cfg.dataset.display_name, "detbench.identity": key,
             "detbench.input_policy": job_cfg.benchmark.input_policy,
             "detbench.job_dir": str(output_dir.resolve())}
+    if job_variant():
+        tags[describe.VARIANT_TAG] = job_variant()
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
     params = _params(cfg, choices)
@@ -192,6 +206,9 @@ def publish(job_dir: Path, tracker: Any) -> None:
                               .encode()).hexdigest()
         tracker.log_dataset(f"{ds['display_name']} ({len(ds['images'])} images)",
                             ds["annotations"], len(ds["images"]), digest)
+    from runner.results.presentation import present_run
+
+    present_run(tracker, job_dir, outcome, metrics)
     if outcome["status"] == "FINISHED":
         tracker.finish()
     else:
@@ -355,6 +372,11 @@ def _log_samples(tracker: Any, job_dir: Path) -> None:
                 values, stamps = series.setdefault(f"sample.{s['device']}.{key}", ([], []))
                 values.append(number)
                 stamps.append(wall0 + float(s["t_s"]))
+    from runner.tracking import system_metric_name
+
     for name, (values, stamps) in series.items():
         stride = max(1, len(values) // MAX_SERIES_POINTS)
         tracker.log_series(name, values[::stride], stamps[::stride])
+        _, device, quantity = name.split(".", 2)  # also where MLflow shows system metrics
+        tracker.log_series(system_metric_name(device, quantity), values[::stride],
+                           stamps[::stride])

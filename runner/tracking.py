@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -147,6 +148,7 @@ class Tracker:
         check_reachable(self.uri)
         self.client: Any = client(self.uri)
         self.experiment_id = self._experiment(experiment)
+        present_experiment(self.client, self.experiment_id)
         self.run_id: str | None = None
 
     def _experiment(self, name: str) -> str:
@@ -181,7 +183,7 @@ class Tracker:
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
         from mlflow.entities import Param, RunTag
 
-        all_tags = {**tags, **process_identity()}
+        all_tags = {**standard_tags(), **tags, **process_identity()}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         items = [Param(k, v[:6000]) for k, v in params.items()]
@@ -278,7 +280,7 @@ class Tracker:
 
 
 def runs_table_link(experiment_id: str) -> str:
-    return f"{UI_HOST}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return runs_view_link(experiment_id)
 
 
 def read_artifact(uri: str, run_id: str, artifact: str) -> bytes:
@@ -300,3 +302,85 @@ def read_artifact(uri: str, run_id: str, artifact: str) -> bytes:
             os.environ.pop(_ARTIFACT_PROGRESS_VAR, None)
         else:
             os.environ[_ARTIFACT_PROGRESS_VAR] = previous
+
+
+# -- presentation: how the MLflow UI shows detbench's experiments and runs ----------------------
+# MLflow 3's UI opens an experiment in its GenAI layout unless the experiment tag
+# ``mlflow.experimentKind`` says otherwise (read by the UI bundle of mlflow 3.17: the value
+# ``custom_model_development`` selects the model-training layout). A runs-table link chooses its
+# columns through a "shared view": the experiment tag ``mlflow.sharedViewState.<key>`` holds the
+# view as JSON and ``?viewStateShareKey=<key>`` applies it (the UI's own "Share" button does the
+# same). Tested in headless Chromium against a real server: tests/test_ui.py.
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+VIEW_KEY = "detbench"
+SHARED_VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+NOTE_TAG = "mlflow.note.content"
+#: Columns of the runs table that a printed link shows: the headline numbers first.
+VIEW_METRICS = ("bbox.AP", "bbox.AP50", "images_per_sec", "latency_mean_ms", "latency_p99_ms")
+VIEW_TAGS = ("detbench.variant", "detbench.stability")
+
+
+def runs_view_state() -> dict[str, Any]:
+    """The shared view a printed runs-table link opens: newest runs first, headline metric
+    columns selected (MLflow's column keys are ``<type>.`<name>```)."""
+    columns = ["attributes.`Source`", "attributes.`Dataset`",
+               *(f"metrics.`{m}`" for m in VIEW_METRICS), *(f"tags.`{t}`" for t in VIEW_TAGS)]
+    return {"orderByKey": "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": columns}
+
+
+def present_experiment(mlflow_client: Any, experiment_id: str) -> None:
+    """Tag an experiment so the UI opens it as a model-training experiment on detbench's view
+    of the runs table; only tags that differ are written (one read per job otherwise)."""
+    experiment = mlflow_client.get_experiment(experiment_id)
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+              SHARED_VIEW_TAG: json.dumps(runs_view_state(), separators=(",", ":"))}
+    for key, value in wanted.items():
+        if experiment.tags.get(key) != value:
+            mlflow_client.set_experiment_tag(experiment_id, key, value)
+
+
+def standard_tags(project_dir: Path | None = None) -> dict[str, str]:
+    """MLflow's own user, source and git tags (the UI's "Created by", "Source" and commit),
+    which a run created through ``MlflowClient`` does not get by itself."""
+    import getpass
+
+    from mlflow.entities import SourceType
+
+    from runner.environment import PROJECT_DIR, git_commit
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (containers)
+        user = os.environ.get("USER", "unknown")
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    source = "detbench" if program == "detbench" else "python -m runner"
+    tags = {"mlflow.user": user, "mlflow.source.name": source,
+            "mlflow.source.type": SourceType.to_string(SourceType.LOCAL)}
+    commit = git_commit(project_dir or PROJECT_DIR)
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
+    return tags
+
+
+def system_metric_name(device: str, quantity: str) -> str:
+    """A sampled quantity under the ``system/`` prefix that MLflow's "System metrics" tab
+    shows, in MLflow's own naming where one exists (``system/gpu_0_utilization_percentage``)."""
+    index = device[3:] if device.startswith("gpu") and device[3:].isdigit() else None
+    names = {"gpu_util_pct": "utilization_percentage", "mem_util_pct": "memory_usage_percentage",
+             "mem_used_mb": "memory_usage_megabytes", "power_w": "power_usage_watts",
+             "temperature_c": "temperature_celsius", "sm_clock_mhz": "sm_clock_mhz"}
+    if index is not None:
+        return f"system/gpu_{index}_{names.get(quantity, quantity)}"
+    cpu = {"cpu_util_pct": "cpu_utilization_percentage",
+           "mem_used_mb": "system_memory_usage_megabytes",
+           "process_rss_mb": "process_memory_rss_megabytes"}
+    return f"system/{cpu.get(quantity, f'{device}_{quantity}')}"
+
+
+def runs_view_link(experiment_id: str) -> str:
+    """The runs table with the headline metric columns in view (detbench's shared view)."""
+    return (f"{UI_HOST}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")

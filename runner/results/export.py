@@ -1,15 +1,17 @@
 """Export benchmark runs from any MLflow tracking store: the public table and its figures.
 
-``python -m runner.results.export [filters] [--out results/]`` writes ``table.md`` (exactly the public
-table's columns, numbers formatted like it; failed runs as rows that say so, never zeros),
+``python -m runner.results.export [filters] [--out results/]`` writes ``table.md`` (exactly
+the public table's columns, numbers formatted like it; failed runs as rows that say so, never
+zeros),
 ``table.csv`` (the same data with raw numbers, one row per run, plus run id / status /
 environment columns), ``latency_mean.png`` (the public table's figure), ``ap_vs_latency.png``
 (Pareto front marked) and ``throughput.png``; ``--timeline RUN_ID`` plots one run's GPU (or CPU)
 utilization and power over time instead. Runs from different environments (tag ``env.key``) are
 refused unless ``--mix-environments``, which labels each row with its environment.
 
-Data flow: ``runner.results.runs.load_runs`` (MLflow -> DataFrame) -> :func:`build_report` (the table's
-rows) -> :func:`write_report` (table.md, table.csv and the figures of ``runner.results.plots``).
+Data flow: ``runner.results.runs.load_runs`` (MLflow -> DataFrame) -> :func:`build_report`
+(the table's rows) -> :func:`write_report` (table.md, table.csv and the figures of
+``runner.results.plots``).
 """
 
 from __future__ import annotations

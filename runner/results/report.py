@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from runner.results import table
 from runner.job import JobResult
+from runner.results import table
 
 
 def _details(m: dict[str, float]) -> str:

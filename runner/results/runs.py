@@ -1,8 +1,8 @@
 """Benchmark runs from any MLflow tracking store as a pandas DataFrame: which runs (filters),
 their tags, params and latest metrics, and whether they come from one environment.
 
-``load_runs(uri, filters)`` is what ``runner.results.export`` (the table, CSV and plots) and the sweep's
-parent run (``runner.callbacks``) read.
+``load_runs(uri, filters)`` is what ``runner.results.export`` (the table, CSV and plots) and the
+sweep's parent run (``runner.callbacks``) read.
 """
 
 from __future__ import annotations
