@@ -225,11 +225,13 @@ def summarize_parent(client: Any, run_id: str, children: Any, table_md: str) -> 
     description."""
     from mlflow.entities import Metric, RunTag
 
+    from runner import tracking
     from runner.results.describe import sweep_note
 
     finished = children[children["status"] == "FINISHED"] if len(children) else children
     metrics: dict[str, float] = {"children_total": float(len(children)),
                                  "children_finished": float(len(finished))}
+    best_of: dict[str, float] = {}
     best = {"bbox.AP": "max", "images_per_sec": "max", "latency_mean_ms": "min",
             "latency_p99_ms": "min"}
     for metric, how in best.items():
@@ -239,12 +241,15 @@ def summarize_parent(client: Any, run_id: str, children: Any, table_md: str) -> 
             values = values[values >= 0]  # COCO's -1: not applicable
             if len(values):
                 metrics[f"{how}.{metric}"] = float(values.max() if how == "max" else values.min())
-                metrics[metric] = metrics[f"{how}.{metric}"]  # the table's column for the sweep
+                best_of[metric] = metrics[f"{how}.{metric}"]
+    metrics.update(tracking.display_metrics(best_of))  # the runs view's columns
     now = int(datetime.now().timestamp() * 1000)
     run = client.get_run(run_id)
     statuses = list(children["status"]) if len(children) else []
+    shown = {k.removeprefix(tracking.DISPLAY_PREFIX): v
+             for k, v in tracking.display_metrics(best_of).items()}
     note = sweep_note(run.info.run_name or run_id, run.data.params.get("command", ""), table_md,
-                      _counts(statuses) or "none")
+                      _counts(statuses) or "none", shown)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                      tags=[RunTag("mlflow.note.content", note[:5000])])
 

@@ -123,6 +123,9 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
             "detbench.job_dir": str(output_dir.resolve())}
     if job_variant():
         tags[describe.VARIANT_TAG] = job_variant()
+    # tracking.CONFIG_TAG: the runs view groups repeats of one config (same identity) on it
+    tags["detbench.config"] = (f"{job_cfg.model.name}@{config.nominal_resolution(job_cfg)}/"
+                               f"{job_cfg.precision.name} #{key[:8]}")
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
     params = _params(cfg, choices)

@@ -104,14 +104,13 @@ def run_note(name: str, status: str, metrics: Mapping[str, float] | None,
              variant_text: str = "", stability: str | None = None) -> str:
     """The run's description (tag ``mlflow.note.content``, rendered as markdown at the top of
     the run page): status, headline numbers, the public table's row, what to read next."""
-    lines = [f"### {name}"]  # paragraphs
-    if variant_text:
-        lines.append(f"Swept settings: `{variant_text}`")
+    lines = []  # paragraphs; the UI shows the first three lines until "Show more"
     if status != "FINISHED":
         lines.append(f"**{status}**: {error or 'no reason recorded'} (tag `error`, "
                      "artifact `error/traceback.txt`)")
     if metrics:
         lines.append(headline(metrics))
+    lines.append(f"{name}" + (f" · swept settings: `{variant_text}`" if variant_text else ""))
     if stability:
         lines.append(f"Stability: {stability}")
     if row:
@@ -121,7 +120,12 @@ def run_note(name: str, status: str, metrics: Mapping[str, float] | None,
     return "\n\n".join(line for line in lines if line)
 
 
-def sweep_note(name: str, command: str, table_md: str, counts: str) -> str:
-    """The sweep parent's description: its command, children by status, the rendered table."""
-    return (f"### {name}\n\n`{command}`\n\nChildren: {counts}\n\n{table_md}\n\n"
+def sweep_note(name: str, command: str, table_md: str, counts: str,
+               best: Mapping[str, float] | None = None) -> str:
+    """The sweep parent's description: children by status and the best numbers first (the UI
+    shows three lines until "Show more"), then the rendered table and the command."""
+    first = f"**{name}**: children {counts}"
+    if best:
+        first += " · best: " + ", ".join(f"{k} {v:.2f}" for k, v in best.items())
+    return (f"{first}\n\n{table_md}\n\n`{command}`\n\n"
             "Artifacts: `table.md`, `table.csv` and the plots of the children.")

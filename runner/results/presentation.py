@@ -118,6 +118,10 @@ def present_run(tracker: Any, job_dir: Path, outcome: Mapping[str, Any],
     name = str(record.get("name") or job_dir.name)
     tags = record.get("tags") or {}
     _try("package list", tracker.log_text, packages_text(), PACKAGES_FILE)
+    if metrics:
+        from runner.tracking import display_metrics
+
+        _try("display metrics", tracker.log_metrics, display_metrics(metrics))
     latencies = _try("latencies", read_latencies_ms, job_dir / "latencies.csv") or []
     figures = _try("latency figures", latency_figures, latencies, name, job_dir / PLOTS_DIR)
     if figures:

@@ -205,7 +205,7 @@ def _record(run: Any, experiments: Mapping[str, str], uri: str) -> dict[str, Any
         "tracking_uri": uri,
     }
     record.update({f"{METRIC_PREFIX}{k}": float(v) for k, v in data.metrics.items()
-                   if not k.startswith("sample.")})
+                   if not k.startswith(("sample.", "system/", "table/"))})
     return record
 
 
