@@ -20,7 +20,41 @@ config.register()
 log = logging.getLogger("runner")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def config_path() -> str:
+    """The configs: the checkout's top-level ``conf/`` when there is one (the source), else the
+    copy an installed wheel carries as the package ``runner.conf`` (setup.py)."""
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parent.parent / "conf" / "config.yaml"
+    return "../conf" if checkout.is_file() else "pkg://runner.conf"
+
+
+def version_text() -> str:
+    """``detbench 0.1.0 (commit abc123, TensorFlow not imported)``: the package and checkout."""
+    from importlib import metadata
+    from pathlib import Path
+
+    from runner.environment import git_commit
+
+    try:
+        version = metadata.version("detbench")
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    commit = git_commit(Path(__file__).resolve().parent.parent)
+    where = f", commit {commit}" if commit != "unknown" else ""
+    return f"detbench {version}{where} (python {sys.version.split()[0]})"
+
+
+def cli() -> None:
+    """The ``detbench`` console script and ``python -m runner``: ``--version``/``-V`` here,
+    everything else (overrides, ``--help``, ``-m``, ``-sc`` completion) Hydra's."""
+    if sys.argv[1:2] in (["--version"], ["-V"]):
+        print(version_text())
+        return
+    main()
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="config")
 def main(cfg: DictConfig) -> dict[str, str | None]:
     from pathlib import Path
 
@@ -51,4 +85,4 @@ def main(cfg: DictConfig) -> dict[str, str | None]:
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 @dataclass
 class Store:
     url: str
-    children: list  # mlflow Run objects
+    children: list[Any]  # mlflow Run objects
     parent_id: str
     experiment_id: str
     log: str
@@ -54,6 +55,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator
         assert proc.returncode == 0, log[-4000:]
         client = MlflowClient(url)
         experiment = client.get_experiment_by_name("detbench")
+        assert experiment is not None, log[-4000:]
         runs = client.search_runs([experiment.experiment_id])
         parent = [r for r in runs if r.data.tags.get("detbench.sweep") == "true"]
         children = [r for r in runs if "detbench.model" in r.data.tags]
@@ -74,7 +76,7 @@ def _keep(path: Path) -> None:
         shutil.copy(path, Path(target) / path.name)
 
 
-def _ap(run) -> str:  # type: ignore[no-untyped-def]
+def _ap(run: Any) -> str:
     return f"{run.data.metrics['bbox.AP'] * 100:.2f}"
 
 

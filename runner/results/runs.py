@@ -30,6 +30,9 @@ TAG_COLUMNS: dict[str, str] = {
     "cpu_model": "env.cpu_model",
     "error": "error",
     "parent_run_id": "mlflow.parentRunId",
+    "variant": "detbench.variant",  # the swept settings beyond model/resolution/precision
+    "identity": "detbench.identity",  # hash of everything measured: repeats share it
+    "stability": "detbench.stability",
 }
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id", "run_name", "experiment_id", "experiment", "status", "start_time", "end_time",
