@@ -129,6 +129,8 @@ def prepare(records: Sequence[ImageRecord], dtype: str = "uint8",
     """Decode a chunk of images (off the timed path)."""
     from tqdm import tqdm
 
-    iterator = tqdm(records, desc="prepare", unit="img", disable=not progress, leave=False,
+    # disable=None: a bar on a terminal only, never into a log file or CI output
+    iterator = tqdm(records, desc="prepare", unit="img", disable=None if progress else True,
+                    leave=False,
                     position=1)
     return [PreparedImage(record, decode(record, dtype, resize)) for record in iterator]

@@ -109,8 +109,9 @@ def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
 
 def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, str], key: str,
                     output_dir: Path) -> tuple[Any, str | None]:
-    """(tracker with a started run, None) or, with the server gone mid-sweep, (None, a skip
-    reason when the job already FINISHED). Writes tracking.json for runner.sync either way."""
+    """(tracker with a started run, None); (tracker attached to the stored run, a skip reason)
+    when the job already FINISHED; (None, None) with the server gone. Writes tracking.json for
+    runner.sync when a run starts or the server is gone."""
     from mlflow.exceptions import MlflowException
 
     from runner.tracking import Tracker, TrackingUnavailable, resolve_uri
@@ -137,8 +138,9 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
         tracker.reap_orphans()
         done = None if job_cfg.benchmark.rerun else tracker.find_finished(key)
         if done:
-            return None, (f"already measured: FINISHED run {done} has the same config "
-                          "(benchmark.rerun=true measures it again)")
+            tracker.attach(done)  # the stored run: its row and link are shown (report.py)
+            return tracker, (f"already measured: FINISHED run {done} has the same config "
+                             "(benchmark.rerun=true measures it again)")
         record["run_id"] = tracker.start(name, params, tags)
     except (TrackingUnavailable, MlflowException, OSError) as exc:
         log.warning("tracking unavailable, results stay in %s (python -m runner.sync uploads "
@@ -155,6 +157,9 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
 
     job_cfg = config.to_object(cfg)
     config.validate(job_cfg)
+    from runner import preflight
+
+    preflight.check(cfg, job_cfg)  # unknown keys, a precision this machine cannot run
     name = run_name(job_cfg)
     uri = resolve_uri(job_cfg.tracking.uri)
     reason = config.skip_reason(job_cfg)
@@ -162,7 +167,9 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
         return JobResult("SKIPPED", None, uri, error=reason, name=name)
     tracker, skip = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir)
     if skip:
-        return JobResult("SKIPPED", None, uri, error=skip, name=name)
+        return JobResult("SKIPPED", tracker.run_id if tracker else None, uri, error=skip,
+                         name=name, ui_link=tracker.ui_link() if tracker else None,
+                         experiment_id=tracker.experiment_id if tracker else None)
     result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
                        ui_link=tracker.ui_link() if tracker else None,
                        experiment_id=tracker.experiment_id if tracker else None)

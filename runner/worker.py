@@ -208,7 +208,8 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
                 start = time.perf_counter()
                 warm_up(backend.predict, tensors, bench.warmup)
                 timings["warmup_s"] = time.perf_counter() - start
-                bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr)
+                bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr,
+                           disable=None)  # None: drawn on a terminal only, not into logs
             sampler.mark_phase("timed")
 
             sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]

@@ -36,9 +36,8 @@ class NoSamplesError(ValueError):
 
 def _figure(size_in: tuple[float, float]) -> Any:
     import matplotlib
-    from matplotlib.figure import Figure
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     matplotlib.rcParams["axes.formatter.useoffset"] = False  # plain tick labels, no "+7.12e1"
     fig = Figure(figsize=size_in, dpi=DPI, layout="constrained")
