@@ -42,8 +42,11 @@ log = logging.getLogger(__name__)
 META_COLUMNS: tuple[str, ...] = (
     "status", "error", "run_id", "run_name", "experiment", "start_time", "parent_run_id",
     "model", "resolution", "precision", "dataset", "env_key", "gpu_name", "tensorflow",
-    "cpu_model", "variant", "identity", "stability", "n", "run_ids",
+    "cpu_model", "input_policy", "variant", "identity", "stability", "n", "run_ids",
 )
+#: Markdown column naming each row's measuring method (``benchmark.input_policy``: ``native``,
+#: or ``seed`` = the public script's timing and box conversion), shown when any row is not native
+METHOD_COLUMN = "Method"
 #: Columns table.md gains when they say something: the swept settings of a row, and for rows
 #: that average repeated runs of one config their count and the range of their images/sec.
 VARIANT_COLUMN = "Variant"
@@ -129,11 +132,18 @@ def _metrics(run: pd.Series) -> dict[str, float]:
             if isinstance(k, str) and k.startswith(METRIC_PREFIX) and pd.notna(v)}
 
 
-def short_error(status: str, error: Any) -> str:
-    """A failed row's AP cell: ``failed: <first line of the error, shortened>``."""
+def short_error(status: str, error: Any, error_type: Any = None, message: Any = None) -> str:
+    """A failed row's AP cell: ``failed: <first line of the error, shortened>``; from the run's
+    error type and message (tags error.type / error.message) when it has them, else from the
+    ``Type: message`` text of older runs."""
     word = {"FAILED": "failed", "KILLED": "killed"}.get(status, status.lower())
-    text = error.strip().splitlines()[0].strip() if isinstance(error, str) and error.strip() else ""
-    text = _WRAPPERS.sub("", text)
+    if isinstance(message, str) and message.strip():
+        first = message.strip().splitlines()[0].strip()
+        text = f"{error_type}: {first}" if isinstance(error_type, str) and error_type else first
+    else:
+        text = (error.strip().splitlines()[0].strip() if isinstance(error, str) and error.strip()
+                else "")
+        text = _WRAPPERS.sub("", text)
     if len(text) > ERROR_CHARS:
         text = text[: ERROR_CHARS - 3].rstrip() + "..."
     return f"{word}: {text}" if text else word
@@ -222,6 +232,9 @@ def build_report(df: pd.DataFrame, extra: str | Sequence[str] = (),
                *([N_COLUMN, RANGE_COLUMN] if repeated else [])]
     if labels:
         columns.append(ENV_COLUMN)
+    policies = {str(p) for p in runs.get("input_policy", pd.Series(dtype=object)).dropna()}
+    if policies - {"native"}:
+        columns.append(METHOD_COLUMN)
     rows, raws = [], []
     for i, run in runs.iterrows():
         row, raw = _row(run, used, ci[i])
@@ -234,9 +247,13 @@ def build_report(df: pd.DataFrame, extra: str | Sequence[str] = (),
         if labels:
             env = labels.get(str(run["env_key"]), "unknown")
             row[ENV_COLUMN], raw[ENV_COLUMN] = _cell(env), env
+        if METHOD_COLUMN in columns:
+            policy = run.get("input_policy")
+            row[METHOD_COLUMN] = _cell(policy if isinstance(policy, str) else "")
         rows.append(row)
         raws.append(raw | _meta(run))
-    raw_columns = [name for c in columns if c not in (N_COLUMN, RANGE_COLUMN)
+    raw_columns = [name for c in columns  # input_policy, n: META columns
+                   if c not in (N_COLUMN, RANGE_COLUMN, METHOD_COLUMN)
                    for name in ((CI_LOW, CI_HIGH) if c == CI_COLUMN else (c,))]
     for name in (VARIANT_COLUMN, CI_LOW, CI_HIGH, "images/sec_min", "images/sec_max",
                  "images/sec_std"):
@@ -265,7 +282,8 @@ def _row(run: pd.Series, extras: Sequence[str],
         else:
             raw[col] = value * scale
     if not finished:
-        row["AP"] = _cell(short_error(str(run["status"]), run["error"]))
+        row["AP"] = _cell(short_error(str(run["status"]), run["error"], run.get("error_type"),
+                                      run.get("error_message")))
     raw[CI_LOW], raw[CI_HIGH] = ci if finished else (math.nan, math.nan)
     for stat in ("min", "max", "std"):
         raw[f"images/sec_{stat}"] = metrics.get(f"images_per_sec_{stat}", math.nan)
@@ -291,8 +309,8 @@ def _meta(run: pd.Series) -> dict[str, Any]:
 def _ci_bounds(runs: pd.DataFrame,
                from_artifacts: bool = True) -> dict[Any, tuple[float, float]]:
     """Index -> 95 % interval of images/sec: the logged metrics images_per_sec_ci_low/high
-    (one run: bootstrap over its calls; a row of repeats: t-interval over the runs) if any,
-    else (``from_artifacts``) bootstrapped from the run's latencies.csv, else NaN."""
+    (one run: batch means over its timed calls; a row of repeats: t-interval over the runs)
+    if any, else (``from_artifacts``) computed from the run's latencies.csv, else NaN."""
     out: dict[Any, tuple[float, float]] = {}
     for i, run in runs.iterrows():
         metrics = _metrics(run)
@@ -308,12 +326,12 @@ def _ci_bounds(runs: pd.DataFrame,
 
 
 def _bootstrap_from_artifact(uri: str, run_id: str) -> tuple[float, float]:
-    from runner.stats import bootstrap_ci
+    from runner.stats import throughput_interval
 
     try:
         latencies = io.BytesIO(tracking.read_artifact(uri, run_id, "latencies.csv"))
         latencies_ms = pd.read_csv(latencies)["latency_ms"].to_numpy(dtype=np.float64)
-        return bootstrap_ci(latencies_ms / 1000.0, "throughput")
+        return throughput_interval(latencies_ms / 1000.0)
     except Exception as exc:  # noqa: BLE001 - one run's missing file must not stop the export
         log.warning("run %s: no throughput CI (%s: %s)", run_id, type(exc).__name__, exc)
         return math.nan, math.nan
@@ -343,7 +361,9 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, extra: str | Sequence[st
         path = plot(report.frame, out)
         if path is not None:
             written.append(path)
-    return written
+    from runner.results import compare  # against the published references (issue 16)
+
+    return written + compare.write_auto(df, out)
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -372,6 +392,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="allow runs of several environments, with an Environment column")
     p.add_argument("--timeline", action="append", default=[], metavar="RUN_ID",
                    help="only plot this run's timeline_<RUN_ID>.png (repeatable)")
+    p.add_argument("--compare", metavar="REF", help="compare with zoo, public, auto, a reference "
+                   ".csv or a run / sweep parent id: comparison.md, .csv, .png")
+    p.add_argument("--tolerance", help="box AP tolerance in points for --compare: 0.3, or "
+                   "native=0.3,seed=0.2 (the default)")
     return p
 
 
@@ -384,6 +408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(plots.plot_timeline(args.uri, run_id, args.out))
             return 0
         extra = parse_extra(args.extra)
+        if args.compare:  # bad --compare / --tolerance refused before any run is read
+            from runner.results import compare
+
+            reference = compare.resolve(args.compare, args.uri)
+            tolerance = compare.parse_tolerance(args.tolerance)
         flt = Filters(experiments=tuple(args.experiment), parent=args.parent,
                       models=tuple(args.model), precisions=tuple(args.precision),
                       resolutions=tuple(args.resolution), env_keys=tuple(args.env_key),
@@ -392,11 +421,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if df.empty:
             print(f"detbench export: no run matches in {resolve_uri(args.uri)}", file=sys.stderr)
             return 1
-        paths = write_report(df, args.out, extra, args.mix_environments)
+        if args.compare:
+            paths = compare.main(df, reference, args.out, tolerance)
+        else:
+            paths = write_report(df, args.out, extra, args.mix_environments)
     except (ExportError, plots.NoSamplesError) as exc:
         print(f"detbench export: {exc}", file=sys.stderr)
         return 2
-    print(paths[0].read_text(), end="")
+    if not args.compare:
+        print(paths[0].read_text(), end="")
     print(f"\n{len(df)} runs from {resolve_uri(args.uri)}; wrote:")
     for path in paths:
         print(f"  {path}")

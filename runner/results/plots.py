@@ -60,7 +60,7 @@ def bar_size_in(n_bars: int) -> tuple[float, float]:
 MIN_AP_SPAN = 2.0
 LOG_X_RATIO = 8.0  # latency spans beyond this factor get a log axis
 VARIANT = "Variant"
-INTERVAL_NOTE = ("error bars: 95% interval (one run: bootstrap over its timed calls;\n"
+INTERVAL_NOTE = ("error bars: 95% interval (one run: batch means over its timed calls;\n"
                  "n runs of one config: t-interval of their mean)")
 
 
@@ -358,8 +358,8 @@ def _timeline_quantities(samples: pd.DataFrame) -> tuple[str, list[str], str | N
     if gpus and "gpu_util_pct" in samples and samples["gpu_util_pct"].notna().any():
         power = "power_w" if "power_w" in samples and samples["power_w"].notna().any() else None
         return "gpu_util_pct", gpus, power
-    if "cpu_util_pct" in samples and samples["cpu_util_pct"].notna().any():
-        return "cpu_util_pct", [d for d in devices if not d.startswith("gpu")], None
+    if "host_cpu_util_pct" in samples and samples["host_cpu_util_pct"].notna().any():
+        return "host_cpu_util_pct", [d for d in devices if not d.startswith("gpu")], None
     return "", [], None
 
 
@@ -374,7 +374,7 @@ def plot_timeline(uri: str | None, run_id: str, out_dir: str | Path) -> Path:
     if not util:
         raise NoSamplesError(f"run {run_id} has no utilization samples to plot")
     name = tracking.client(uri).get_run(run_id).info.run_name or run_id
-    kind = "GPU" if util == "gpu_util_pct" else "CPU"
+    kind = "GPU" if util == "gpu_util_pct" else "host CPU"
     fig = _figure(TIMELINE_SIZE_IN)
     ax = fig.add_subplot()
     twin = ax.twinx() if power else None

@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from runner import jobdir
 from runner.results import describe
 
 log = logging.getLogger(__name__)
@@ -110,10 +111,10 @@ def _try(what: str, call: Any, *args: Any) -> Any:
         return None
 
 
-def present_run(tracker: Any, job_dir: Path, outcome: Mapping[str, Any],
+def present_run(tracker: Any, job_dir: Path, status: str, error: str | None,
                 metrics: Mapping[str, float] | None) -> None:
     """Description, package list and latency figures of one job's run (see module doc)."""
-    record = _try("tracking record", lambda: json.loads((job_dir / "tracking.json").read_text()))
+    record = _try("tracking record", lambda: json.loads((job_dir / jobdir.TRACKING).read_text()))
     record = record or {}
     name = str(record.get("name") or job_dir.name)
     tags = record.get("tags") or {}
@@ -122,19 +123,18 @@ def present_run(tracker: Any, job_dir: Path, outcome: Mapping[str, Any],
         from runner.tracking import display_metrics
 
         _try("display metrics", tracker.log_metrics, display_metrics(metrics))
-    latencies = _try("latencies", read_latencies_ms, job_dir / "latencies.csv") or []
+    latencies = _try("latencies", read_latencies_ms, job_dir / jobdir.LATENCIES) or []
     figures = _try("latency figures", latency_figures, latencies, name, job_dir / PLOTS_DIR)
     if figures:
         _try("latency figures", tracker.log_artifacts, figures, PLOTS_DIR)
     stability = None
-    stability_file = job_dir / "stability.json"
+    stability_file = job_dir / jobdir.STABILITY
     if stability_file.is_file():
         verdict = _try("stability", lambda: json.loads(stability_file.read_text())) or {}
         stability = "stable" if verdict.get("stable") else f"unstable: {verdict.get('warning')}"
-    row = _try("table row", _row_of, job_dir / "table_row.md")
-    note = describe.run_note(name, str(outcome.get("status")), metrics, row,
-                             outcome.get("error"), str(tags.get(describe.VARIANT_TAG, "")),
-                             stability)
+    row = _try("table row", _row_of, job_dir / jobdir.TABLE_ROW)
+    note = describe.run_note(name, status, metrics, row, error,
+                             str(tags.get(describe.VARIANT_TAG, "")), stability)
     _try("description", tracker.set_tags, {"mlflow.note.content": note})
 
 

@@ -29,14 +29,20 @@ TAG_COLUMNS: dict[str, str] = {
     "tensorflow": "env.tensorflow",
     "cpu_model": "env.cpu_model",
     "error": "error",
+    "error_type": "error.type",
+    "error_message": "error.message",
     "parent_run_id": "mlflow.parentRunId",
+    "input_policy": "detbench.input_policy",
     "variant": "detbench.variant",  # the swept settings beyond model/resolution/precision
     "identity": "detbench.identity",  # hash of everything measured: repeats share it
     "stability": "detbench.stability",
 }
+#: Param behind each column of :func:`load_runs` (the comparison with references needs them).
+PARAM_COLUMNS: dict[str, str] = {"num_images": "dataset.num_images", "repeats": "benchmark.repeats"}
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id", "run_name", "experiment_id", "experiment", "status", "start_time", "end_time",
-    *TAG_COLUMNS, "model_display", "precision_display", "artifact_uri", "tracking_uri",
+    *TAG_COLUMNS, *PARAM_COLUMNS, "model_display", "precision_display", "artifact_uri",
+    "tracking_uri",
 )
 SEARCH_PAGE = 1000
 
@@ -201,6 +207,7 @@ def _record(run: Any, experiments: Mapping[str, str], uri: str) -> dict[str, Any
         "start_time": info.start_time,
         "end_time": info.end_time,
         **{col: tags.get(tag) for col, tag in TAG_COLUMNS.items()},
+        **{col: params.get(name) for col, name in PARAM_COLUMNS.items()},
         "model_display": params.get("model.display_name") or tags.get("detbench.model"),
         "precision_display": (params.get("precision.display_name")
                               or tags.get("detbench.precision")),

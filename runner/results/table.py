@@ -51,7 +51,7 @@ def row(model: str, resolution: str, precision: str,
     return out
 
 
-TEXT_COLUMNS = frozenset({"Model", "Input", "TF-TRT", "Variant", "Environment"})
+TEXT_COLUMNS = frozenset({"Model", "Input", "TF-TRT", "Variant", "Environment", "Method"})
 
 
 def markdown(rows: Sequence[Mapping[str, str]], columns: Sequence[str] = COLUMNS,
