@@ -272,7 +272,9 @@ def prepare(records: Sequence[ImageRecord], dtype: str = "uint8",
     ``resize`` are then ignored), each with its :class:`Frame`."""
     from tqdm import tqdm
 
-    iterator = tqdm(records, desc="prepare", unit="img", disable=not progress, leave=False,
+    # disable=None: a bar on a terminal only, never into a log file or CI output
+    iterator = tqdm(records, desc="prepare", unit="img", disable=None if progress else True,
+                    leave=False,
                     position=1)
     if spec is None:
         spec = InputSpec(dtype=dtype, size=resize)

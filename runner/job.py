@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import config, data, fingerprint, jobdir, signals
 from runner.config import JobConfig
-from runner.results import table
+from runner.results import describe, table
 from runner.worker import JobSpec, dataset_dict
 
 log = logging.getLogger(__name__)
@@ -147,9 +147,21 @@ def model_dir(cfg: JobConfig) -> Path:
 
 
 def run_name(cfg: JobConfig) -> str:
-    return cfg.tracking.run_name or (
-        f"{cfg.model.name}@{config.nominal_resolution(cfg)}/{cfg.precision.name}"
-    )
+    """``model@resolution/precision``, then the job's other swept settings in brackets."""
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    base = f"{cfg.model.name}@{config.nominal_resolution(cfg)}/{cfg.precision.name}"
+    return describe.run_name(base, job_variant())
+
+
+def job_variant() -> str:
+    """The overrides that tell this job apart from its sweep's others (describe.variant)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    overrides = [str(o) for o in HydraConfig.get().overrides.task]
+    return describe.variant(overrides, describe.swept_from_env())
 
 
 def identity(cfg: DictConfig) -> str:
@@ -175,8 +187,9 @@ def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
 def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, str], key: str,
                     output_dir: Path, prints: Any = None
                     ) -> tuple[Any, str | None, str | None]:
-    """(tracker with a started run, None, None); (None, a skip reason, None) when the job
-    already FINISHED with the same config, model bytes, dataset and environment (``prints``);
+    """(tracker with a started run, None, None); (tracker attached to the stored run, a skip
+    reason, None) when the job already FINISHED with the same config, model bytes, dataset and
+    environment (``prints``);
     (None, None, why) when the store cannot take the run (the server gone mid-sweep, a
     read-only database). Writes tracking.json for runner.sync."""
     from mlflow.exceptions import MlflowException
@@ -191,6 +204,11 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
             "detbench.job_dir": str(output_dir.resolve())}
     if prints is not None:  # model bytes, dataset and env.key (runner.fingerprint)
         tags.update({**prints.tags(key), "detbench.identity": prints.identity(key)})
+    if job_variant():
+        tags[describe.VARIANT_TAG] = job_variant()
+    # tracking.CONFIG_TAG: the runs view groups repeats of one config (same identity) on it
+    tags["detbench.config"] = (f"{job_cfg.model.name}@{config.nominal_resolution(job_cfg)}/"
+                               f"{job_cfg.precision.name} #{tags['detbench.identity'][:8]}")
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
     params = _params(cfg, choices)
@@ -204,7 +222,10 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
         if not job_cfg.benchmark.rerun and prints is not None:
             skip, note = fingerprint.resume_decision(tracker, key, prints)
             if skip:
-                return None, skip, None
+                stored = tracker.latest_finished("detbench.identity", prints.identity(key))
+                if stored is not None:
+                    tracker.attach(stored[0])  # its row and link are shown (results.report)
+                return tracker, skip, None
             if note:
                 log.info("%s", note)
         record["run_id"] = tracker.start(name, params, tags)
@@ -240,6 +261,9 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
 
     job_cfg = config.to_object(cfg)
     config.validate(job_cfg)
+    from runner import preflight
+
+    preflight.check(cfg, job_cfg)  # unknown keys, a precision this machine cannot run
     name = run_name(job_cfg)
     uri = resolve_uri(job_cfg.tracking.uri)
     reason = config.skip_reason(job_cfg)
@@ -250,7 +274,9 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     tracker, skip, problem = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir,
                                              prints)
     if skip:
-        return JobResult("SKIPPED", None, uri, error=skip, name=name)
+        return JobResult("SKIPPED", tracker.run_id if tracker else None, uri, error=skip,
+                         name=name, ui_link=tracker.ui_link() if tracker else None,
+                         experiment_id=tracker.experiment_id if tracker else None)
     result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
                        ui_link=tracker.ui_link() if tracker else None,
                        experiment_id=tracker.experiment_id if tracker else None)
@@ -317,6 +343,9 @@ def publish(job_dir: Path, tracker: Any, outcome: Outcome | None = None) -> None
                               .encode()).hexdigest()
         tracker.log_dataset(f"{ds['display_name']} ({len(ds['images'])} images)",
                             ds["annotations"], len(ds["images"]), digest)
+    from runner.results.presentation import present_run
+
+    present_run(tracker, job_dir, outcome.status, outcome.text, metrics)
     if outcome.status == "FINISHED":
         tracker.finish()
     else:
@@ -597,8 +626,13 @@ def _log_samples(tracker: Any, job_dir: Path, logged: Mapping[str, float]) -> No
             values, stamps = series.setdefault(f"sample.{s['device']}.{key}", ([], []))
             values.append(number)
             stamps.append(wall0 + float(s["t_s"]))
+    from runner.tracking import system_metric_name
+
     for name, (values, stamps) in series.items():
         if name in logged:
             continue
         stride = max(1, len(values) // MAX_SERIES_POINTS)
         tracker.log_series(name, values[::stride], stamps[::stride])
+        _, device, quantity = name.split(".", 2)  # also where MLflow shows system metrics
+        tracker.log_series(system_metric_name(device, quantity), values[::stride],
+                           stamps[::stride])

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -209,6 +210,7 @@ class Tracker:
         check_reachable(self.uri)
         self.client: Any = client(self.uri)
         self.experiment_id = self._experiment(experiment)
+        present_experiment(self.client, self.experiment_id)
         self.run_id: str | None = None
 
     def _experiment(self, name: str) -> str:
@@ -243,7 +245,7 @@ class Tracker:
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
         from mlflow.entities import Param, RunTag
 
-        all_tags = {**tags, **process_identity()}
+        all_tags = {**standard_tags(), **tags, **process_identity()}
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         items = [Param(k, v[:6000]) for k, v in params.items()]
@@ -345,7 +347,8 @@ class Tracker:
         self.client.set_terminated(self._id(), "FINISHED")
 
     def ui_link(self) -> str:
-        return f"{ui_host(self.uri)}/#/experiments/{self.experiment_id}/runs/{self._id()}"
+        return (f"{ui_host(self.uri)}/#/experiments/{self.experiment_id}/runs/{self._id()}"
+                "?workflowType=machine_learning")  # the model-training layout, not GenAI's
 
     def runs_table_link(self) -> str:
         """The experiment's runs table (MLflow 3 otherwise opens a GenAI overview)."""
@@ -369,7 +372,7 @@ def ui_host(uri: str | None = None) -> str:
 
 
 def runs_table_link(experiment_id: str, uri: str | None = None) -> str:
-    return f"{ui_host(uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    return runs_view_link(experiment_id, uri)
 
 
 def check_writable(uri: str) -> None:
@@ -405,3 +408,112 @@ def read_artifact(uri: str, run_id: str, artifact: str) -> bytes:
             os.environ.pop(_ARTIFACT_PROGRESS_VAR, None)
         else:
             os.environ[_ARTIFACT_PROGRESS_VAR] = previous
+
+
+# -- presentation: how the MLflow UI shows detbench's experiments and runs ----------------------
+# MLflow 3's UI opens an experiment in its GenAI layout unless the experiment tag
+# ``mlflow.experimentKind`` says otherwise (read by the UI bundle of mlflow 3.17: the value
+# ``custom_model_development`` selects the model-training layout). A runs-table link chooses its
+# columns through a "shared view": the experiment tag ``mlflow.sharedViewState.<key>`` holds the
+# view as JSON and ``?viewStateShareKey=<key>`` applies it (the UI's own "Share" button does the
+# same). Tested in headless Chromium against a real server: tests/test_ui.py.
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+VIEW_KEY = "detbench"
+SHARED_VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+NOTE_TAG = "mlflow.note.content"
+#: The headline numbers as the public table shows them (AP x100, two decimals), logged as
+#: ``table/<name>`` metrics beside the exact ones: the UI prints metrics unrounded
+#: (0.7307321625019645), which no reader scans down a column.
+DISPLAY_METRICS = {"AP": ("bbox.AP", 100.0), "AP50": ("bbox.AP50", 100.0),
+                   "images_per_sec": ("images_per_sec", 1.0),
+                   "latency_mean_ms": ("latency_mean_ms", 1.0),
+                   "latency_p99_ms": ("latency_p99_ms", 1.0)}
+DISPLAY_PREFIX = "table/"
+VIEW_TAGS = ("detbench.variant", "detbench.stability")
+#: The view groups runs by this tag (model@resolution/precision #identity): repeats of one
+#: config fold into one row with their average; a sweep's parent (no such tag) goes to
+#: "Additional runs", so its children are not folded away under it (the UI opens nested runs
+#: collapsed).
+CONFIG_TAG = "detbench.config"
+
+
+def runs_view_state() -> dict[str, Any]:
+    """The shared view a printed runs-table link opens: newest runs first, headline metric
+    columns selected (MLflow's column keys are ``<type>.`<name>```)."""
+    metrics = [f"metrics.`{DISPLAY_PREFIX}{m}`" for m in DISPLAY_METRICS]
+    tags = [f"tags.`{t}`" for t in VIEW_TAGS]
+    # the UI applies columnWidths only to the columns named in columnOrder
+    widths = {"attributes.`Run Name`": 330, "runDateAndNestInfo": 120, "duration": 80,
+              **dict.fromkeys(metrics, 120), tags[0]: 200, tags[1]: 90}
+    return {"orderByKey": "attributes.start_time", "orderByAsc": False,
+            "selectedColumns": [*metrics, *tags], "columnOrder": list(widths),
+            "columnWidths": widths,
+            "groupBy": f"tag.average.{CONFIG_TAG}"}
+
+
+def display_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``table/AP`` = 73.07 for ``bbox.AP`` = 0.730732...: the runs view's columns. COCO's -1
+    ("not applicable") is left out rather than shown as a number."""
+    out = {}
+    for name, (source, scale) in DISPLAY_METRICS.items():
+        value = metrics.get(source)
+        if value is not None and not (source.startswith("bbox.") and value < 0):
+            out[f"{DISPLAY_PREFIX}{name}"] = round(float(value) * scale, 2)
+    return out
+
+
+def present_experiment(mlflow_client: Any, experiment_id: str) -> None:
+    """Tag an experiment so the UI opens it as a model-training experiment on detbench's view
+    of the runs table; only tags that differ are written (one read per job otherwise)."""
+    experiment = mlflow_client.get_experiment(experiment_id)
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+              SHARED_VIEW_TAG: json.dumps(runs_view_state(), separators=(",", ":"))}
+    for key, value in wanted.items():
+        if experiment.tags.get(key) != value:
+            mlflow_client.set_experiment_tag(experiment_id, key, value)
+
+
+def standard_tags(project_dir: Path | None = None) -> dict[str, str]:
+    """MLflow's own user, source and git tags (the UI's "Created by", "Source" and commit),
+    which a run created through ``MlflowClient`` does not get by itself."""
+    import getpass
+
+    from mlflow.entities import SourceType
+
+    from runner.environment import PROJECT_DIR, git_commit
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (containers)
+        user = os.environ.get("USER", "unknown")
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    source = "detbench" if program == "detbench" else "python -m runner"
+    tags = {"mlflow.user": user, "mlflow.source.name": source,
+            "mlflow.source.type": SourceType.to_string(SourceType.LOCAL)}
+    commit = git_commit(project_dir or PROJECT_DIR)
+    if commit != "unknown":
+        tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
+    return tags
+
+
+def system_metric_name(device: str, quantity: str) -> str:
+    """A sampled quantity under the ``system/`` prefix that MLflow's "System metrics" tab
+    shows, in MLflow's own naming where one exists (``system/gpu_0_utilization_percentage``)."""
+    index = device[3:] if device.startswith("gpu") and device[3:].isdigit() else None
+    names = {"gpu_util_pct": "utilization_percentage", "mem_util_pct": "memory_usage_percentage",
+             "mem_used_mb": "memory_usage_megabytes", "power_w": "power_usage_watts",
+             "temperature_c": "temperature_celsius", "sm_clock_mhz": "sm_clock_mhz"}
+    if index is not None:
+        return f"system/gpu_{index}_{names.get(quantity, quantity)}"
+    cpu = {"cpu_util_pct": "cpu_utilization_percentage",
+           "mem_used_mb": "system_memory_usage_megabytes",
+           "process_rss_mb": "process_memory_rss_megabytes"}
+    return f"system/{cpu.get(quantity, f'{device}_{quantity}')}"
+
+
+def runs_view_link(experiment_id: str, uri: str | None = None) -> str:
+    """The runs table with the headline metric columns in view (detbench's shared view)."""
+    return (f"{ui_host(uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={VIEW_KEY}")

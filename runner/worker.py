@@ -209,7 +209,8 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
                 # the seed policy's warm-up is its first 50 timed calls, dropped afterwards
                 warm_up(backend.predict, tensors, 0 if seed else bench.warmup)
                 timings["warmup_s"] = time.perf_counter() - start
-                bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr)
+                bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr,
+                           disable=None)  # None: drawn on a terminal only, not into logs
             sampler.mark_phase("timed")
 
             sizes = [p.frame for p in prepared]
