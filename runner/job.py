@@ -100,7 +100,7 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
     reason when the job already FINISHED). Writes tracking.json for runner.sync either way."""
     from mlflow.exceptions import MlflowException
 
-    from runner.tracking import Tracker, TrackingUnavailable, resolve_uri
+    from runner.tracking import Tracker, TrackingUnavailable, redact, resolve_uri
 
     name = run_name(job_cfg)
     tags = {"detbench.model": job_cfg.model.name, "detbench.precision": job_cfg.precision.name,
@@ -112,8 +112,9 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
         tags.update({**prints.tags(key), "detbench.identity": prints.identity(key)})
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
-    params = _params(cfg, choices)
-    record = {"uri": resolve_uri(job_cfg.tracking.uri), "experiment": job_cfg.tracking.experiment,
+    params = {k: redact(v) for k, v in _params(cfg, choices).items()}  # no credentials
+    record = {"uri": redact(resolve_uri(job_cfg.tracking.uri)),
+              "experiment": job_cfg.tracking.experiment,
               "name": name, "params": params, "tags": tags, "run_id": None}
     tracker: Any = None
     try:
@@ -137,12 +138,13 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
 
 def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobResult:
     """Run one job; raises ConfigError (before any model loads) for bad input."""
-    from runner.tracking import resolve_uri
+    from runner.tracking import protect_job_dir, redact, resolve_uri
 
+    protect_job_dir(output_dir)  # no credentials in Hydra's files or the logs
     job_cfg = config.to_object(cfg)
     config.validate(job_cfg)
     name = run_name(job_cfg)
-    uri = resolve_uri(job_cfg.tracking.uri)
+    uri = redact(resolve_uri(job_cfg.tracking.uri))
     reason = config.skip_reason(job_cfg)
     if reason:
         return JobResult("SKIPPED", None, uri, error=reason, name=name)
@@ -153,7 +155,7 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
                        ui_link=tracker.ui_link() if tracker else None,
                        experiment_id=tracker.experiment_id if tracker else None)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (output_dir / "config.yaml").write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))
     interrupted = False
     try:
         result.metrics = _acquire_and_measure(job_cfg, cfg, output_dir)
@@ -237,6 +239,10 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
     dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
     container = OmegaConf.to_container(raw, resolve=True)
     assert isinstance(container, dict)
+    if isinstance(container.get("tracking"), dict) and container["tracking"].get("uri"):
+        from runner.tracking import redact  # the worker never needs the store's password
+
+        container["tracking"]["uri"] = redact(str(container["tracking"]["uri"]))
     spec = JobSpec(cfg={str(k): v for k, v in container.items()}, model_dir=str(directory),
                    dataset=dataset_dict(dataset),
                    keypoint_annotations=(str(dataset.keypoint_annotations)
