@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner import config
 from runner.config import ConfigError, DatasetConfig
+from runner.detections import Frame
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,29 @@ class Dataset:
 class PreparedImage:
     record: ImageRecord
     tensor: Any  # tf.Tensor [1, H, W, 3] of the model's input dtype
+    frame: Frame | None = None  # where the tensor's pixels come from (None: the whole image)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How images become the model's input, all of it off the timed path (the model-specific
+    input hook; ``signatures.py`` is its output counterpart). Pixels 0..255 are resized to
+    ``size`` by ``resize`` (squash | pad | pad_center), scaled to ``value_range``, put in
+    ``channel_order`` and normalized as (x - mean) / std per channel."""
+
+    dtype: str = "uint8"
+    size: tuple[int, int] | None = None
+    resize: str = "squash"
+    value_range: tuple[float, float] = (0.0, 255.0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channel_order: str = "rgb"
+
+    @property
+    def plain(self) -> bool:
+        """Pixels as they are (no value transform)."""
+        return (self.value_range == (0.0, 255.0) and self.mean is None and self.std is None
+                and self.channel_order == "rgb")
 
 
 def _read_annotations(path: Path) -> dict[str, Any]:
@@ -241,10 +266,89 @@ def decode(record: ImageRecord, dtype: str = "uint8",
 
 
 def prepare(records: Sequence[ImageRecord], dtype: str = "uint8",
-            resize: tuple[int, int] | None = None, progress: bool = True) -> list[PreparedImage]:
-    """Decode a chunk of images (off the timed path)."""
+            resize: tuple[int, int] | None = None, progress: bool = True,
+            spec: InputSpec | None = None) -> list[PreparedImage]:
+    """Decode a chunk of images (off the timed path); with ``spec``, as it says (``dtype`` and
+    ``resize`` are then ignored), each with its :class:`Frame`."""
     from tqdm import tqdm
 
     iterator = tqdm(records, desc="prepare", unit="img", disable=not progress, leave=False,
                     position=1)
-    return [PreparedImage(record, decode(record, dtype, resize)) for record in iterator]
+    if spec is None:
+        spec = InputSpec(dtype=dtype, size=resize)
+    return [prepare_one(record, spec) for record in iterator]
+
+
+def prepare_one(record: ImageRecord, spec: InputSpec) -> PreparedImage:
+    """One image as ``spec`` says, with the frame that maps the model's boxes back."""
+    import tensorflow as tf
+
+    from runner.signatures import resize_geometry
+
+    original = (record.height, record.width)
+    if spec.size is None or spec.resize == "squash":
+        tensor = decode(record, spec.dtype if spec.plain else "float32", spec.size)
+        fed = spec.size or original
+        frame = Frame(original, fed, (fed[0] / original[0], fed[1] / original[1]))
+    else:
+        image = decode(record, "float32")
+        scale, offset, content = resize_geometry(original, spec.size, spec.resize)
+        image = tf.image.resize(image, content)
+        top, left = int(offset[0]), int(offset[1])
+        image = tf.image.pad_to_bounding_box(image, top, left, *spec.size)
+        if spec.plain and spec.dtype == "uint8":
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        # the frame's scale is the realized one (content size / original), so boxes map back
+        # exactly to what the model saw
+        frame = Frame(original, spec.size, (content[0] / original[0], content[1] / original[1]),
+                      (float(top), float(left)))
+        tensor = image
+    if not spec.plain:
+        tensor = _convert_values(tensor, spec)
+    if tensor.dtype.name != spec.dtype:
+        tensor = tf.cast(tensor, spec.dtype)
+    return PreparedImage(record, tensor, frame)
+
+
+def _convert_values(image: Any, spec: InputSpec) -> Any:
+    """float pixels 0..255 -> value_range, channel order, (x - mean) / std. Padding (black
+    pixels) is transformed with the image."""
+    import tensorflow as tf
+
+    low, high = spec.value_range
+    x = tf.cast(image, tf.float32) * ((high - low) / 255.0) + low
+    if spec.channel_order == "bgr":
+        x = x[..., ::-1]
+    if spec.mean is not None:
+        x = x - tf.constant(spec.mean, tf.float32)
+    if spec.std is not None:
+        x = x / tf.constant(spec.std, tf.float32)
+    return x
+
+
+def input_spec(cfg: config.JobConfig, input_shape: Sequence[int | None], dtype: str) -> InputSpec:
+    """How this job prepares inputs. The ``seed`` policy squash-resizes to the nominal size (the
+    public table's method). ``native`` feeds the original image to a model that takes any size;
+    a model with a fixed input size, or a model without published resolutions run at
+    ``resolution=HxW``, gets its images resized to that size by ``model.resize`` (squash by
+    default, ``pad`` / ``pad_center`` keep the aspect ratio)."""
+    m = cfg.model
+    if cfg.benchmark.input_policy == "seed":
+        size: tuple[int, int] | None = config.resolution_hw(config.nominal_resolution(cfg))
+        resize = "squash"
+    else:
+        h, w = (input_shape[1], input_shape[2]) if len(input_shape) == 4 else (None, None)
+        fixed = (int(h), int(w)) if h is not None and w is not None else None
+        name = cfg.resolution.name
+        explicit = (config.resolution_hw(name)
+                    if name != "default" and not m.resolutions else None)
+        if fixed and explicit and fixed != explicit:
+            raise ConfigError(f"resolution={name!r} but the model's input is fixed at "
+                              f"{fixed[0]}x{fixed[1]}; use resolution={fixed[0]}x{fixed[1]} or "
+                              "resolution=default")
+        size, resize = fixed or explicit, m.resize
+    return InputSpec(dtype=dtype, size=size, resize=resize,
+                     value_range=(float(m.input_range[0]), float(m.input_range[1])),
+                     mean=tuple(float(v) for v in m.input_mean) if m.input_mean else None,
+                     std=tuple(float(v) for v in m.input_std) if m.input_std else None,
+                     channel_order=m.channel_order)

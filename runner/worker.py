@@ -3,14 +3,15 @@ load -> prepare (untimed, chunked) -> warm up -> time -> evaluate. It talks to n
 ``JOB_DIR/job.json`` and writes its results as files into JOB_DIR as it goes, so that whatever it
 measured survives a crash, a kill or a timeout. The parent (``runner.job``) logs them to MLflow.
 
-Files written, in order: ``environment.json`` (tags), ``latencies.csv`` (appended per chunk),
-``samples.csv``, ``detections.json`` (+ ``keypoints.json``, ``masks.json``), ``metrics.json``,
-``backend.json``; ``error.json`` if it failed with an exception.
+Files written (names and atomic writes: ``runner.jobdir``), in order: ``environment.json``
+(tags), ``latencies.npy`` (every latency stored as it is measured, memory-mapped),
+``backend.json``, ``latencies.csv`` and the telemetry files (also when interrupted),
+``detections.json`` (+ ``keypoints.json``, ``masks.json``), ``metrics.json``; ``error.json`` if it
+failed with an exception or a signal (SIGTERM/SIGHUP: exit code 128 + signal).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -23,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from runner import config, data
+from runner import config, data, jobdir, signals
 from runner.backends import Backend
 from runner.config import JobConfig
 from runner.detections import Detections
 
-JOB_FILE = "job.json"
+JOB_FILE = jobdir.JOB
 
 
 @dataclass
@@ -42,11 +43,11 @@ class JobSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def write(self, job_dir: Path) -> None:
-        (job_dir / JOB_FILE).write_text(json.dumps(self.__dict__, default=str))
+        jobdir.write_json(job_dir / JOB_FILE, self.__dict__, indent=None)
 
     @classmethod
     def read(cls, job_dir: Path) -> JobSpec:
-        return cls(**json.loads((job_dir / JOB_FILE).read_text()))
+        return cls(**jobdir.read_json(job_dir / JOB_FILE))
 
     def job_config(self) -> JobConfig:
         from omegaconf import OmegaConf
@@ -88,34 +89,24 @@ class Results:
                                                       record.height, det)
 
 
-def _append_latencies(path: Path, records: Sequence[data.ImageRecord],
-                      latencies: np.ndarray) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as fh:
-        writer = csv.writer(fh)
-        if new:
-            writer.writerow(["image_id", "latency_ms"])
-        writer.writerows((r.image_id, round(float(t) * 1000, 6))
-                         for r, t in zip(records, latencies, strict=True))
-
-
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    jobdir.write_csv(path, rows)
 
 
-def _resize_target(cfg: JobConfig, input_shape: Sequence[int | None]) -> tuple[int, int] | None:
-    """Where inputs must be resized before timing: the nominal size for the ``seed`` policy, the
-    model's fixed input size when it has one, else nothing (the model resizes)."""
-    if cfg.benchmark.input_policy == "seed":
-        return config.resolution_hw(config.nominal_resolution(cfg))
-    h, w = input_shape[1], input_shape[2]
-    return (int(h), int(w)) if h is not None and w is not None else None
+def _input_spec(cfg: JobConfig, backend: Any) -> data.InputSpec:
+    """How inputs are prepared before timing (size, resize rule, values): ``data.input_spec``."""
+    return data.input_spec(cfg, backend.input_shape, backend.input_dtype)
+
+
+def seed_order(dataset: data.Dataset) -> data.Dataset:
+    """For the ``seed`` policy: the dataset's images in the annotation file's order (the public
+    script took them so; ``load_dataset`` sorts by id), so that the same images are the first 50
+    whose timings are dropped, and the timed sequence is the script's."""
+    position = {int(info["id"]): i for i, info in enumerate(
+        json.loads(Path(dataset.annotations).read_text())["images"])}
+    ordered = sorted(dataset.images, key=lambda r: position.get(r.image_id, len(position)))
+    return data.Dataset(dataset.name, dataset.display_name, dataset.annotations, tuple(ordered),
+                        dataset.keypoint_annotations, dataset.unscored)
 
 
 def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
@@ -136,11 +127,11 @@ def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
 
     tftrt.check_available()
     source = NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype)
-    resize, dtype = _resize_target(cfg, source.input_shape), source.input_dtype
+    inputs, dtype = _input_spec(cfg, source), source.input_dtype
     del source
-    build = [p.tensor for p in data.prepare(dataset.images[:1], dtype, resize)]
+    build = [p.tensor for p in data.prepare(dataset.images[:1], spec=inputs)]
     calibration = [p.tensor for p in data.prepare(
-        _records(spec.extra.get("calibration", [])), dtype, resize)]
+        _records(spec.extra.get("calibration", [])), spec=inputs)]
     return tftrt.TrtBackend(model_dir, Path(cfg.cache_dir).expanduser() / "trt", m.signature,
                             m.input_name, dtype, cfg.precision.trt,
                             str(gpus[0].get("name")) if gpus else "none", build, calibration)
@@ -149,15 +140,7 @@ def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
 def _adapter(cfg: JobConfig) -> Any:
     from runner import signatures
 
-    custom = None
-    if cfg.model.outputs == "custom":
-        keys = {role: key for role in config.ROLES
-                if (key := getattr(cfg.model.output_keys, role))}
-        custom = signatures.OutputSpec(keys=keys,
-                                       box_format=cfg.model.box_format,
-                                       box_order=cfg.model.box_order,
-                                       class_offset=cfg.model.class_offset)
-    return signatures.adapter(cfg.model.outputs, custom)
+    return signatures.from_config(cfg.model)
 
 
 def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
@@ -174,108 +157,183 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
 
         enable_xla_before_tf_import()
     bench = cfg.benchmark
+    seed = bench.input_policy == "seed"
     timings: dict[str, float] = {"prepare_s": 0.0}
-    sampler = Sampler(interval_s=bench.sample_interval_s, enabled=bench.telemetry)
+    # every latency lands in the memory-mapped log as it is measured (kept whatever ends this)
+    log = jobdir.create_latency_log(job_dir, bench.repeats, len(dataset.images))
+    offset = 0
+    # the sampler's rows stream to the job directory as they are taken (kept whatever ends this)
+    sampler = Sampler(interval_s=bench.sample_interval_s, enabled=bench.telemetry,
+                      rows_path=job_dir / jobdir.TELEMETRY_ROWS)
     sampler.start()
-    wall_start = time.time()
-    latencies_file = job_dir / "latencies.csv"
+    wall_start = sampler.wall_start
     try:
         env = {**environment.collect(sampler.gpus), "telemetry.backend": sampler.backend,
                "telemetry.gpu_found": str(sampler.gpu_found).lower(),
                "telemetry.reason": sampler.reason or "",
-               "telemetry.sampler": sampler.mode or "off"}
-        (job_dir / "environment.json").write_text(json.dumps(env, indent=1))
+               "telemetry.sampler": sampler.mode or "off",
+               "detbench.timing_method": SEED_METHOD if seed else NATIVE_METHOD}
+        jobdir.write_json(job_dir / jobdir.ENVIRONMENT, env)
         sampler.mark_phase("load")
         start = time.perf_counter()
         backend = _backend(cfg, spec, dataset, sampler.gpus)
         timings["load_s"] = time.perf_counter() - start
-        adapt = _adapter(cfg)
-        resize = _resize_target(cfg, backend.input_shape)
-        results = Results(truncate_boxes=bench.input_policy == "seed")
+        from runner import checks
+
+        adapt = checks.OutputGuard.for_job(  # output sanity checks: before and after timing
+            _adapter(cfg), dataset.annotations,
+            [r.image_id for r in dataset.images[:checks.FIRST_CALLS]], cfg.model.output_checks)
+        inputs = _input_spec(cfg, backend)
+        results = Results(truncate_boxes=seed)
         latencies: list[np.ndarray] = []
         bar: Any = None
         for index, chunk in enumerate(data.chunked(dataset.images, bench.chunk_size)):
             sampler.mark_phase("prepare")
             start = time.perf_counter()
-            tensors = [p.tensor for p in data.prepare(chunk, backend.input_dtype, resize)]
+            prepared = data.prepare(chunk, spec=inputs)
+            tensors = [p.tensor for p in prepared]
             timings["prepare_s"] += time.perf_counter() - start
             if index == 0:
                 backend.check_executed(tensors[0])  # what ran, e.g. that AMP fired
-                (job_dir / "backend.json").write_text(json.dumps(backend.describe(), indent=1))
-                first = tensors[0]  # outputs checked against the contract before any timing
-                adapt(backend.predict(first), (int(first.shape[1]), int(first.shape[2])))
+                jobdir.write_json(job_dir / jobdir.BACKEND, backend.describe())
+                first = chunk[:checks.FIRST_CALLS]
+                adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS],
+                                    lambda s: data.prepare(first, spec=s, progress=False), inputs)
                 sampler.mark_phase("warmup")
                 start = time.perf_counter()
-                warm_up(backend.predict, tensors, bench.warmup)
+                # the seed policy's warm-up is its first 50 timed calls, dropped afterwards
+                warm_up(backend.predict, tensors, 0 if seed else bench.warmup)
                 timings["warmup_s"] = time.perf_counter() - start
                 bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr)
             sampler.mark_phase("timed")
 
-            sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+            sizes = [p.frame for p in prepared]
 
             def on_output(i: int, outputs: Mapping[str, np.ndarray],
                           chunk: Sequence[data.ImageRecord] = chunk,
-                          sizes: Sequence[tuple[int, int]] = sizes) -> None:
+                          sizes: Sequence[Any] = sizes) -> None:
                 results.add(chunk[i], adapt(outputs, sizes[i]))
 
-            measured = np.full(len(tensors), np.nan)
-            try:  # outputs are handled after the chunk's last timed call (nothing in between)
-                chunk_latencies = time_calls(backend.predict, tensors, on_output,
-                                             progress=bar.update, defer_outputs=True,
-                                             out=measured)
-            except BaseException:  # keep what this chunk measured before the interruption
-                done = ~np.isnan(measured)
-                _append_latencies(latencies_file,
-                                  [r for r, d in zip(chunk, done, strict=True) if d],
-                                  measured[done])
-                raise
-            passes = [chunk_latencies] + [time_calls(backend.predict, tensors)
-                                          for _ in range(bench.repeats - 1)]
+            end = offset + len(tensors)
+            # outputs are handled after the chunk's last timed call (nothing in between)
+            passes = [time_calls(backend.predict, tensors, on_output, progress=bar.update,
+                                 defer_outputs=True, out=log[0, offset:end])]
+            passes += [time_calls(backend.predict, tensors, out=log[r, offset:end])
+                       for r in range(1, bench.repeats)]
             sampler.mark_phase("record")
             latencies.append(np.stack(passes))
-            _append_latencies(latencies_file, chunk, chunk_latencies)
-            del tensors, on_output
+            offset = end
+            del tensors, prepared, on_output
         if bar is not None:
             bar.close()
+        adapt.after_timing(job_dir)  # every call's outputs, judged after the last timed call
         sampler.mark_phase("done")
     finally:
         sampler.stop()
-        samples = sampler.samples()
-        if samples:
-            write_csv(job_dir / "samples.csv", samples)
-        (job_dir / "telemetry.json").write_text(json.dumps(
-            {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
-             "reason": sampler.reason, "errors": sampler.errors, "sampler": sampler.mode,
-             "sampler_cpu_share": sampler.cpu_share, "phases": sampler.phase_times(),
-             "intervals": sampler.intervals()},
-            indent=1, default=str))
+        jobdir.write_latencies_csv(job_dir, [r.image_id for r in dataset.images], log)
+        write_telemetry(sampler, job_dir, wall_start)
     backend_metrics = backend.metrics()
     return {"latencies": np.concatenate(latencies, axis=1), "results": results,
             "timings": timings,
             "telemetry": {**sampler.summary("timed", num_images=len(dataset.images)),
-                          **backend_metrics}}
+                          **backend_metrics, **adapt.metrics()}}
+
+
+#: the public script timed every image and dropped its first 50 timings (its warm-up)
+SEED_DROPPED_TIMINGS = 50
+NATIVE_METHOD = "native: count / total time, p99 as benchmark.percentile_method"
+SEED_METHOD = ("seed: public script (first 50 timings dropped, images/sec = mean of per-call "
+               "rates, p99 'lower')")
+
+
+def add_tags(job_dir: Path, tags: Mapping[str, str]) -> None:
+    """Add run tags to ``environment.json`` (the parent logs its contents as tags)."""
+    current = jobdir.read_json_if(job_dir / jobdir.ENVIRONMENT) or {}
+    jobdir.write_json(job_dir / jobdir.ENVIRONMENT, {**current, **tags})
+
+
+def write_telemetry(sampler: Any, job_dir: Path, wall_start: float) -> None:
+    """After the sampler stopped: ``samples.csv`` (rows tagged by phase), ``telemetry.json``
+    (what was sampled, how, the phases) and, when the time series miss part of the run, the tag
+    ``telemetry.incomplete`` with the reason."""
+    samples = sampler.samples()
+    if samples:
+        write_csv(job_dir / jobdir.SAMPLES, samples)
+    jobdir.write_text(job_dir / jobdir.TELEMETRY, json.dumps(
+        {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
+         "reason": sampler.reason, "errors": sampler.errors, "notes": sampler.notes,
+         "incomplete": sampler.incomplete, "sampler": sampler.mode,
+         "interval_s": sampler.interval_s, "sampler_cpu_share": sampler.cpu_share,
+         "phases": sampler.phase_times(), "intervals": sampler.intervals()},
+        indent=1, default=str))
+    if sampler.incomplete:
+        add_tags(job_dir, {"telemetry.incomplete": sampler.incomplete})
+        print(f"WARNING: telemetry incomplete: {sampler.incomplete}", file=sys.stderr)
+
+
+#: why a keypoint model's keypoints have no metrics (the tag ``keypoints.no_metrics``)
+NO_KEYPOINT_ANNOTATIONS = ("the dataset has no person keypoint annotations "
+                           "(dataset.keypoint_annotations): keypoints.json kept, not scored")
+
+
+def timed_latencies(passes: np.ndarray, cfg: JobConfig) -> np.ndarray:
+    """The latencies the statistics are computed over (``passes``: repeats x images): all of them,
+    or for the ``seed`` policy all but the first ``SEED_DROPPED_TIMINGS`` of each pass, as the
+    public script did (its statistics are over N - 50 images)."""
+    if cfg.benchmark.input_policy != "seed":
+        return passes
+    if passes.shape[1] <= SEED_DROPPED_TIMINGS:
+        raise ValueError(f"benchmark.input_policy='seed' drops the first {SEED_DROPPED_TIMINGS} "
+                         f"timings as the public script did, but only {passes.shape[1]} images "
+                         f"were timed: use dataset.num_images > {SEED_DROPPED_TIMINGS}")
+    return passes[:, SEED_DROPPED_TIMINGS:]
 
 
 def timing_metrics(passes: np.ndarray, cfg: JobConfig, telemetry: Mapping[str, float],
                    job_dir: Path) -> dict[str, float]:
-    """Statistics of all timed calls (``passes``: repeats x images), bootstrap 95% CIs of mean
-    latency and throughput, per-repeat mean and spread, and the stability verdict."""
-    from runner.stats import bootstrap_ci, stability, summarize, summarize_repeats
+    """Statistics of all timed calls (``passes``: repeats x images), batch-means 95% intervals of
+    mean latency and throughput (valid for autocorrelated calls), between-run spread and interval
+    when the config ran more than once (``repeats``), and the stability verdict. The ``seed``
+    policy computes them as the public script did (``SEED_METHOD``): ``images_per_sec`` is then
+    the mean of per-call rates and its interval that of the rates."""
+    from runner.stats import mean_interval, stability, summarize, summarize_repeats
 
-    method = cfg.benchmark.percentile_method
-    pooled = passes.reshape(-1)
+    seed = cfg.benchmark.input_policy == "seed"
+    method = "lower" if seed else cfg.benchmark.percentile_method
+    kept = timed_latencies(passes, cfg)
+    pooled = kept.reshape(-1)
     out = summarize(pooled, method).as_metrics()
-    low, high = bootstrap_ci(pooled, "mean")
-    out |= {"latency_mean_ci_low_ms": low * 1000, "latency_mean_ci_high_ms": high * 1000}
-    low, high = bootstrap_ci(pooled, "throughput")
+    if seed:
+        out["images_per_sec"] = out["images_per_sec_mean_of_rates"]
+        out["timings_dropped"] = float(passes.size - kept.size)
+    # one interval per pass (a pass is a dependent series), pooled passes are one series too
+    latency = mean_interval(pooled)
+    out |= {"latency_mean_ci_low_ms": latency.low * 1000,
+            "latency_mean_ci_high_ms": latency.high * 1000,
+            "ci_batch_size": float(latency.batch_size),
+            "latency_autocorrelation_time": latency.autocorrelation_time}
+    if seed:
+        rates = mean_interval(1.0 / pooled)
+        low, high = rates.low, rates.high
+    else:
+        low, high = 1.0 / latency.high, 1.0 / latency.low
     out |= {"images_per_sec_ci_low": low, "images_per_sec_ci_high": high}
-    if len(passes) > 1:
-        per_repeat = [summarize(p, method).as_metrics() for p in passes]
+    if len(kept) > 1:
+        per_repeat = [summarize(p, method).as_metrics() for p in kept]
+        if seed:
+            for metrics in per_repeat:
+                metrics["images_per_sec"] = metrics["images_per_sec_mean_of_rates"]
         out |= {f"repeats.{k}": v for k, v in summarize_repeats(per_repeat).items()}
+    coverage = telemetry.get("telemetry_coverage")
     stable, warning = stability(pooled, cfg.benchmark.cv_threshold,
-                                throttled=telemetry.get("gpu_throttle_thermal_or_power", 0) > 0)
+                                throttled=telemetry.get("gpu_throttle_thermal_or_power", 0) > 0,
+                                telemetry_coverage=None if coverage is None else float(coverage))
     out["stable"] = float(stable)
-    (job_dir / "stability.json").write_text(json.dumps({"stable": stable, "warning": warning}))
+    jobdir.write_json(job_dir / jobdir.STABILITY, {
+        "stable": stable, "warning": warning,
+        "timing_method": SEED_METHOD if seed else NATIVE_METHOD,
+        "interval": f"{int(100 * latency.confidence)}% batch means within the run "
+                    f"(batches of {latency.batch_size} calls)"})
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
     return out
@@ -288,20 +346,24 @@ def evaluate(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, measured: Map
 
     ids = [r.image_id for r in dataset.images]
     results: Results = measured["results"]
-    results.boxes.write_json(job_dir / "detections.json")
+    results.boxes.write_json(job_dir / jobdir.DETECTIONS)
     timing = timing_metrics(measured["latencies"], cfg, measured["telemetry"], job_dir)
     start = time.perf_counter()
     metrics = {f"bbox.{k}": v for k, v in evaluate_bbox(dataset.annotations, results.boxes,
                                                           ids).items()}
     if results.masks:
-        (job_dir / "masks.json").write_text(json.dumps(results.masks))
+        jobdir.write_json(job_dir / jobdir.MASKS, results.masks, indent=None)
         segm = evaluate_extra.evaluate(dataset.annotations, results.masks, ids, "segm")
         metrics |= {f"segm.{k}": v for k, v in segm.items()}
-    if results.keypoints and spec.keypoint_annotations:
-        (job_dir / "keypoints.json").write_text(json.dumps(results.keypoints))
-        kp = evaluate_extra.evaluate(spec.keypoint_annotations, results.keypoints, ids,
-                                     "keypoints")
-        metrics |= {f"keypoints.{k}": v for k, v in kp.items()}
+    if results.keypoints:
+        jobdir.write_json(job_dir / jobdir.KEYPOINTS, results.keypoints, indent=None)
+        if spec.keypoint_annotations:
+            kp = evaluate_extra.evaluate(spec.keypoint_annotations, results.keypoints, ids,
+                                         "keypoints")
+            metrics |= {f"keypoints.{k}": v for k, v in kp.items()}
+        else:
+            add_tags(job_dir, {"keypoints.no_metrics": NO_KEYPOINT_ANNOTATIONS})
+            print(f"WARNING: no keypoint metrics: {NO_KEYPOINT_ANNOTATIONS}", file=sys.stderr)
     timings = {**measured["timings"], "evaluate_s": time.perf_counter() - start}
     return {**timing, **metrics, **measured["telemetry"],
             **{f"time.{k}": v for k, v in timings.items()},
@@ -312,10 +374,32 @@ def execute(job_dir: Path) -> dict[str, float]:
     """The whole measured part; writes ``metrics.json`` and returns the metrics."""
     spec = JobSpec.read(job_dir)
     cfg, dataset = spec.job_config(), spec.dataset_obj()  # parsed once for both steps
+    if cfg.benchmark.input_policy == "seed":
+        timed_latencies(np.zeros((1, len(dataset.images))), cfg)  # refuse N <= 50 before timing
+        dataset = seed_order(dataset)
     measured = measure(spec, cfg, dataset, job_dir)
     metrics = evaluate(spec, cfg, dataset, measured, job_dir)
-    (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    jobdir.write_json(job_dir / jobdir.METRICS, metrics)
     return metrics
+
+
+def record_error(job_dir: Path, exc: BaseException) -> int:
+    """``error.json`` for the parent (type and message as separate fields, the signal if one
+    ended the child) and the exit code: 128 + signal for a signal, 1 otherwise. If even that
+    write fails (a full disk), the message goes to stderr, which the parent shows."""
+    code = signals.exit_code(exc) or 1
+    record: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc),
+                              "traceback": "".join(traceback.format_exception(exc))}
+    if isinstance(exc, signals.Terminated):
+        record["signal"] = exc.signum
+    elif isinstance(exc, KeyboardInterrupt):
+        record["signal"] = code - 128
+    try:
+        jobdir.write_json(job_dir / jobdir.ERROR, record, indent=None)
+    except jobdir.JobDirError as write_failed:
+        print(f"detbench worker: {type(exc).__name__}: {exc}; and {write_failed}",
+              file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -324,16 +408,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m runner.worker JOB_DIR", file=sys.stderr)
         return 2
     job_dir = Path(args[0])
+    signals.install()  # SIGTERM/SIGHUP unwind like Ctrl-C: telemetry and latencies are written
     try:
         execute(job_dir)
     except BaseException as exc:  # recorded for the parent, then the exit code says it failed
-        (job_dir / "error.json").write_text(json.dumps({
-            "type": type(exc).__name__, "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc))}))
-        if isinstance(exc, KeyboardInterrupt):
-            return 130
-        traceback.print_exc()
-        return 1
+        code = record_error(job_dir, exc)
+        if code == 1:
+            traceback.print_exc()
+        return code
     return 0
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from runner import tracking
-from runner.table import CI_HIGH, CI_LOW, ENV_COLUMN
+from runner.results.table import CI_HIGH, CI_LOW, ENV_COLUMN
 from runner.tracking import resolve_uri
 
 log = logging.getLogger(__name__)
@@ -284,8 +284,8 @@ def _timeline_quantities(samples: pd.DataFrame) -> tuple[str, list[str], str | N
     if gpus and "gpu_util_pct" in samples and samples["gpu_util_pct"].notna().any():
         power = "power_w" if "power_w" in samples and samples["power_w"].notna().any() else None
         return "gpu_util_pct", gpus, power
-    if "cpu_util_pct" in samples and samples["cpu_util_pct"].notna().any():
-        return "cpu_util_pct", [d for d in devices if not d.startswith("gpu")], None
+    if "host_cpu_util_pct" in samples and samples["host_cpu_util_pct"].notna().any():
+        return "host_cpu_util_pct", [d for d in devices if not d.startswith("gpu")], None
     return "", [], None
 
 
@@ -300,7 +300,7 @@ def plot_timeline(uri: str | None, run_id: str, out_dir: str | Path) -> Path:
     if not util:
         raise NoSamplesError(f"run {run_id} has no utilization samples to plot")
     name = tracking.client(uri).get_run(run_id).info.run_name or run_id
-    kind = "GPU" if util == "gpu_util_pct" else "CPU"
+    kind = "GPU" if util == "gpu_util_pct" else "host CPU"
     fig = _figure(TIMELINE_SIZE_IN)
     ax = fig.add_subplot()
     twin = ax.twinx() if power else None

@@ -48,7 +48,7 @@ def row(model: str, resolution: str, precision: str,
     return out
 
 
-TEXT_COLUMNS = frozenset({"Model", "Input", "TF-TRT", "Environment"})
+TEXT_COLUMNS = frozenset({"Model", "Input", "TF-TRT", "Environment", "Method"})
 
 
 def markdown(rows: Sequence[Mapping[str, str]], columns: Sequence[str] = COLUMNS,
