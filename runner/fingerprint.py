@@ -174,6 +174,13 @@ def _zoo_fingerprint(cfg: Any, cache_dir: Path) -> tuple[str, str]:
     archive = zoo.get(cfg.model.name).archive(config.nominal_resolution(cfg))
     what = f"zoo archive {archive.file_name}"
     known = acquire.known_sha256(cache_dir / "downloads" / archive.file_name)
+    if known is None and cfg.precision.backend == "tftrt":
+        from runner.backends.tftrt import check_available
+
+        try:  # the job fails on it at once, before any download: do not download for it here
+            check_available()
+        except Exception:  # noqa: BLE001 - UnsupportedPrecision and what TF raises
+            return _unknown("TF-TRT unavailable"), what
     if known is None:
         try:
             acquire.ensure_zoo_model(cfg.model.name, config.nominal_resolution(cfg), cache_dir)

@@ -306,6 +306,7 @@ def client(uri: str | None = None) -> Any:
     from mlflow.tracking import MlflowClient
 
     resolved = resolve_uri(uri)
+    check_store(resolved)  # a broken SQLite file: BrokenStore's one line, not MLflow's traceback
     with _store_init_lock(resolved):
         wrapped = _Retrying(MlflowClient(tracking_uri=resolved))
         wrapped.search_experiments(max_results=1)  # creates a new store's tables, under the lock
@@ -450,16 +451,6 @@ class Tracker:
     def attach(self, run_id: str) -> None:
         """Continue logging to an existing run (runner.sync)."""
         self.run_id = run_id
-
-    def find_finished(self, identity: str) -> str | None:
-        """The id of a FINISHED run in this experiment with tag detbench.identity, if any."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`detbench.identity` = '{identity}' and "
-                          "attributes.status = 'FINISHED'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
 
     def latest_finished(self, key: str, value: str) -> tuple[str, dict[str, str]] | None:
         """(run id, tags) of the newest FINISHED run in this experiment with tag ``key`` =

@@ -204,3 +204,10 @@ def test_a_redacted_uri_takes_its_password_from_the_environment(
     run = tracker.client.get_run(tracker.run_id)
     assert run.data.params["tracking.uri"] == "postgresql://me:***@db/x"
     assert run.data.tags["note"] == "from postgresql://me:***@db/x"
+
+
+def test_every_client_refuses_a_broken_store_with_the_same_line(tmp_path: Path) -> None:
+    """runner.sync, the export and the sweep's parent run open the store through client()."""
+    _junk(tmp_path / "junk.db")
+    with pytest.raises(tracking.BrokenStore, match="is not an SQLite database"):
+        tracking.client(f"sqlite:///{tmp_path / 'junk.db'}")
