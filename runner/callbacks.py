@@ -48,7 +48,9 @@ def sweep_params(argv: list[str], overrides: list[str]) -> dict[str, str]:
         if sep:
             name = _BAD_KEY_CHARS.sub("_", key.lstrip("+~"))
             params[f"override.{name}"] = value
-    return {k: v[:MAX_PARAM_CHARS] for k, v in params.items()}
+    from runner.tracking import redact
+
+    return {k: redact(v)[:MAX_PARAM_CHARS] for k, v in params.items()}
 
 
 class SweepParentRun(Callback):
@@ -82,6 +84,7 @@ class SweepParentRun(Callback):
         signals.install()  # SIGTERM/SIGHUP end this run KILLED (see _abandoned)
         self.uri = resolve_uri(self.tracking_uri or _select(config, "tracking.uri"))
         experiment = self.experiment or _select(config, "tracking.experiment") or "detbench"
+        tracking.redact_logs()  # Hydra logs each job's overrides, tracking.uri included
         client = tracking.client(self.uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
