@@ -431,14 +431,10 @@ class Tracker:
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
         from mlflow.entities import Param, RunTag
 
-<<<<<<< HEAD
-        all_tags = {**standard_tags(), **tags, **process_identity()}
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
-=======
-        all_tags = {k: redact(str(v)) for k, v in {**tags, **process_identity()}.items()}
+        all_tags = {k: redact(str(v))
+                    for k, v in {**standard_tags(), **tags, **process_identity()}.items()}
         run = self.client.create_run(self.experiment_id, run_name=redact(run_name),
                                      tags=all_tags)
->>>>>>> h2
         self.run_id = run.info.run_id
         items = [Param(k, redact(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):
