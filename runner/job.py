@@ -300,7 +300,8 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
         if heartbeat is not None:
             heartbeat.stop()
     result.status, result.error = outcome.status, outcome.text
-    result.pending_reason = _record_outcome(output_dir, outcome, tracker, problem)
+    with signals.deferred():  # a signal now ends the process after the run is ended, not during
+        result.pending_reason = _record_outcome(output_dir, outcome, tracker, problem)
     if result.pending_reason:
         result.pending_dir = output_dir
         log.warning("could not log to %s (%s); results kept in %s: upload them with "
