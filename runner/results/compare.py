@@ -12,7 +12,7 @@ differ between the two sides: input policy, precision, TensorFlow version, datas
 dataset``, ``failed`` (the measured run), ``failed there`` (the reference row: the public table's
 all-zero rows), ``no reference``.
 
-``python -m runner.export --compare zoo|public|auto|FILE.csv|RUN_OR_PARENT_ID`` prints the
+``python -m runner.results.export --compare zoo|public|auto|FILE.csv|RUN_OR_PARENT_ID`` prints the
 comparison and writes comparison.md, comparison.csv and comparison.png (``auto``: each run
 against the reference of its input policy, the zoo for ``native``, the public table for
 ``seed``). A sweep's parent run gets the same files and ``compare.*`` summary metrics, each child
@@ -32,8 +32,8 @@ import pandas as pd
 
 from runner.results import references
 from runner.results.references import KP_COLUMN, MASK_COLUMN, VALUE_COLUMNS, Reference
-from runner.runs import ExportError, Filters, environment_labels, load_runs
-from runner.table import COLUMNS, PERCENT_COLUMNS, markdown
+from runner.results.runs import ExportError, Filters, environment_labels, load_runs
+from runner.results.table import COLUMNS, PERCENT_COLUMNS, markdown
 
 #: ``auto``: the reference of each run's input policy.
 AUTO = "auto"
@@ -75,7 +75,7 @@ class Verdict:
     def text(self) -> str:
         if self.status in (REPRODUCED, OUTSIDE):
             sign = "<=" if abs(self.ap_diff) <= self.tolerance else ">"
-            head = (f"{'reproduced' if self.within else 'OUTSIDE'}: |{self.ap_diff:+.2f}| "
+            head = (f"{'reproduced' if self.within else 'OUTSIDE'}: |{_points(self.ap_diff)}| "
                     f"{sign} {self.tolerance:g}")
         elif self.status == SUBSET:
             head = f"subset: {self.detail}, not a reproduction"
@@ -171,7 +171,7 @@ class Comparison:
             for col in (*AP_COLUMNS, *RATIO_COLUMNS):
                 value = row[f"diff {col}"]
                 if pd.notna(value):
-                    diff[col] = f"{value:+.2f}" if col in AP_COLUMNS else f"x{value:.2f}"
+                    diff[col] = _points(value) if col in AP_COLUMNS else f"x{value:.2f}"
             rows += [measured, reference, diff]
         columns = [*self.columns()]
         return markdown(rows, columns, frozenset({"Model", "Input", "TF-TRT", SIDE_COLUMN,
@@ -189,6 +189,11 @@ class Comparison:
         frame["tolerance"] = [v.tolerance for v in self.verdicts]
         frame["likely_causes"] = ["; ".join(v.causes) for v in self.verdicts]
         return frame
+
+
+def _points(value: float) -> str:
+    """A signed difference with two decimals; one that rounds to zero reads +0.00, not -0.00."""
+    return f"{round(value, 2) + 0.0:+.2f}"
 
 
 def _cells(row: pd.Series, prefix: str) -> dict[str, str]:
@@ -448,7 +453,7 @@ def log_to_runs(uri: str | None, parent_run_id: str, children: pd.DataFrame,
 
 def main(df: pd.DataFrame, reference: Reference | str, out_dir: str | Path,
          tolerance: Mapping[str, float] | float | None = None) -> list[Path]:
-    """``python -m runner.export --compare REF`` (``reference`` from :func:`resolve`): the
+    """``python -m runner.results.export --compare REF`` (``reference`` from :func:`resolve`): the
     measured runs, those of a reference run or sweep left out, against it; prints the header and
     the table, returns the files written."""
     if isinstance(reference, Reference):
