@@ -48,7 +48,9 @@ def sweep_params(argv: list[str], overrides: list[str]) -> dict[str, str]:
         if sep:
             name = _BAD_KEY_CHARS.sub("_", key.lstrip("+~"))
             params[f"override.{name}"] = value
-    return {k: v[:MAX_PARAM_CHARS] for k, v in params.items()}
+    from runner.tracking import redact
+
+    return {k: redact(v)[:MAX_PARAM_CHARS] for k, v in params.items()}
 
 
 class SweepParentRun(Callback):
@@ -82,6 +84,7 @@ class SweepParentRun(Callback):
         signals.install()  # SIGTERM/SIGHUP end this run KILLED (see _abandoned)
         self.uri = resolve_uri(self.tracking_uri or _select(config, "tracking.uri"))
         experiment = self.experiment or _select(config, "tracking.experiment") or "detbench"
+        tracking.redact_logs()  # Hydra logs each job's overrides, tracking.uri included
         client = tracking.client(self.uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
@@ -113,6 +116,12 @@ class SweepParentRun(Callback):
             self.jobs_failed += 1
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from runner import signals
+
+        with signals.deferred():  # a SIGTERM now is raised once the parent run has ended
+            self._end(config)
+
+    def _end(self, config: DictConfig) -> None:
         if self.run_id is None:
             return
         status = "FAILED"

@@ -71,6 +71,8 @@ def _read_annotations(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"annotations file {str(path)!r} is not valid JSON: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"annotations file {str(path)!r} cannot be read: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ConfigError(f"annotations file {str(path)!r} has no 'images' list: not COCO format")
     for key in ("annotations", "categories"):

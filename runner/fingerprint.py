@@ -165,7 +165,11 @@ def model_fingerprint(cfg: Any) -> tuple[str, str]:
     what = f"the SavedModel at {directory}"
     if not directory.is_dir():
         return _unknown("missing"), what
-    return tree_digest(directory, cache_dir), what
+    try:
+        return tree_digest(directory, cache_dir), what
+    except OSError as exc:  # unreadable: the job fails on it inside its run, as it would have
+        log.debug("SavedModel not hashed: %s", exc)
+        return _unknown("unreadable"), what
 
 
 def _zoo_fingerprint(cfg: Any, cache_dir: Path) -> tuple[str, str]:
@@ -174,6 +178,13 @@ def _zoo_fingerprint(cfg: Any, cache_dir: Path) -> tuple[str, str]:
     archive = zoo.get(cfg.model.name).archive(config.nominal_resolution(cfg))
     what = f"zoo archive {archive.file_name}"
     known = acquire.known_sha256(cache_dir / "downloads" / archive.file_name)
+    if known is None and cfg.precision.backend == "tftrt":
+        from runner.backends.tftrt import check_available
+
+        try:  # the job fails on it at once, before any download: do not download for it here
+            check_available()
+        except Exception:  # noqa: BLE001 - UnsupportedPrecision and what TF raises
+            return _unknown("TF-TRT unavailable"), what
     if known is None:
         try:
             acquire.ensure_zoo_model(cfg.model.name, config.nominal_resolution(cfg), cache_dir)
@@ -206,7 +217,8 @@ def of_job(cfg: Any) -> Fingerprint:
     cache_dir = Path(cfg.cache_dir).expanduser()
     try:
         dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
-    except AcquireError as exc:  # COCO not obtainable: the job fails on it, with a run
+    except (AcquireError, OSError) as exc:  # COCO not obtainable, a full disk generating the
+        # synthetic split: the job fails on it inside its run, as it did before this check
         log.debug("dataset not acquired for its fingerprint: %s", exc)
         dataset_digest, dataset_source = _unknown("not acquired"), cfg.dataset.display_name
     else:

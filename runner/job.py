@@ -194,7 +194,7 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
     read-only database). Writes tracking.json for runner.sync."""
     from mlflow.exceptions import MlflowException
 
-    from runner.tracking import Tracker, TrackingUnavailable, resolve_uri
+    from runner.tracking import Tracker, TrackingUnavailable, redact, resolve_uri
 
     name = run_name(job_cfg)
     tags = {"detbench.model": job_cfg.model.name, "detbench.precision": job_cfg.precision.name,
@@ -211,8 +211,9 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
                                f"{job_cfg.precision.name} #{tags['detbench.identity'][:8]}")
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
-    params = _params(cfg, choices)
-    record = {"uri": resolve_uri(job_cfg.tracking.uri), "experiment": job_cfg.tracking.experiment,
+    params = {k: redact(v) for k, v in _params(cfg, choices).items()}  # no credentials
+    record = {"uri": redact(resolve_uri(job_cfg.tracking.uri)),
+              "experiment": job_cfg.tracking.experiment,
               "name": name, "params": params, "tags": tags, "run_id": None}
     tracker: Any = None
     problem: str | None = None
@@ -257,15 +258,16 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     """Run one job; raises ConfigError (before any model loads) for bad input. An ending signal
     (SIGTERM, SIGHUP, SIGINT) or submitit's SystemExit ends the run KILLED and is then re-raised
     (``python -m runner`` exits 128 + signal)."""
-    from runner.tracking import Heartbeat, resolve_uri
+    from runner.tracking import Heartbeat, protect_job_dir, redact, resolve_uri
 
+    protect_job_dir(output_dir)  # no credentials in Hydra's files or the logs
     job_cfg = config.to_object(cfg)
     config.validate(job_cfg)
     from runner import preflight
 
     preflight.check(cfg, job_cfg)  # unknown keys, a precision this machine cannot run
     name = run_name(job_cfg)
-    uri = resolve_uri(job_cfg.tracking.uri)
+    uri = redact(resolve_uri(job_cfg.tracking.uri))
     reason = config.skip_reason(job_cfg)
     if reason:
         return JobResult("SKIPPED", None, uri, error=reason, name=name)
@@ -283,7 +285,8 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     heartbeat = Heartbeat(tracker.uri, tracker.run_id).start() if tracker else None
     stopped_by: BaseException | None = None
     try:
-        jobdir.write_text(output_dir / jobdir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+        jobdir.write_text(output_dir / jobdir.CONFIG,
+                          redact(OmegaConf.to_yaml(cfg, resolve=True)))
         result.metrics = _acquire_and_measure(job_cfg, cfg, output_dir)
         result.row = table.row(job_cfg.model.display_name, config.nominal_resolution(job_cfg),
                                job_cfg.precision.display_name, result.metrics)
@@ -297,7 +300,8 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
         if heartbeat is not None:
             heartbeat.stop()
     result.status, result.error = outcome.status, outcome.text
-    result.pending_reason = _record_outcome(output_dir, outcome, tracker, problem)
+    with signals.deferred():  # a signal now ends the process after the run is ended, not during
+        result.pending_reason = _record_outcome(output_dir, outcome, tracker, problem)
     if result.pending_reason:
         result.pending_dir = output_dir
         log.warning("could not log to %s (%s); results kept in %s: upload them with "
@@ -394,6 +398,10 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
     dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
     container = OmegaConf.to_container(raw, resolve=True)
     assert isinstance(container, dict)
+    if isinstance(container.get("tracking"), dict) and container["tracking"].get("uri"):
+        from runner.tracking import redact  # the worker never needs the store's password
+
+        container["tracking"]["uri"] = redact(str(container["tracking"]["uri"]))
     spec = JobSpec(cfg={str(k): v for k, v in container.items()}, model_dir=str(directory),
                    dataset=dataset_dict(dataset),
                    keypoint_annotations=(str(dataset.keypoint_annotations)

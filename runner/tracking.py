@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -36,20 +39,191 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server does not answer; the message says which and what to do."""
 
 
+class BrokenStore(TrackingUnavailable):
+    """The local store is not a usable MLflow database (truncated, junk, another schema)."""
+
+
+# ------------------------------------------------------------------------------- credentials
+
+USER_VAR, PASSWORD_VAR, TOKEN_VAR = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                     "MLFLOW_TRACKING_TOKEN")
+REDACTED = "***"
+#: ``scheme://userinfo@`` in any text (also as Hydra logs an override: ``http\://u\:p@``):
+#: the userinfo is what must never be recorded
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*\\?://)(?P<info>[^/?#@\s]+)@")
+
+
+def redact(text: str) -> str:
+    """``postgresql://me:pw@db/x`` -> ``postgresql://me:***@db/x`` (a token alone -> ``***``);
+    used on everything that records a tracking URI: params, tags, config.yaml, tracking.json,
+    Hydra's files in the job directory, log records and error messages."""
+
+    def hide(match: re.Match[str]) -> str:
+        user, colon, _ = match["info"].partition(":")
+        return f"{match['scheme']}{user + ':' if colon else ''}{REDACTED}@"
+
+    return _USERINFO.sub(hide, text)
+
+
+def _split_credentials(uri: str) -> str:
+    """An http(s) URI's ``user:password@`` moves into MLflow's own variables (MLFLOW_TRACKING_
+    USERNAME / _PASSWORD, read by MLflow's REST client and by check_reachable) and the URI
+    without it is what gets used and recorded. Other schemes (database URIs) keep theirs: the
+    driver needs it; they are redacted wherever recorded."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    parts = urlsplit(uri)
+    if parts.username is None:
+        return uri
+    os.environ[USER_VAR] = unquote(parts.username)
+    if parts.password is not None:
+        os.environ[PASSWORD_VAR] = unquote(parts.password)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host))
+
+
+def _auth_headers() -> dict[str, str]:
+    import base64
+
+    if os.environ.get(TOKEN_VAR):
+        return {"Authorization": f"Bearer {os.environ[TOKEN_VAR]}"}
+    if os.environ.get(USER_VAR) and os.environ.get(PASSWORD_VAR):
+        pair = f"{os.environ[USER_VAR]}:{os.environ[PASSWORD_VAR]}".encode()
+        return {"Authorization": f"Basic {base64.b64encode(pair).decode()}"}
+    return {}
+
+
+_FACTORY_INSTALLED = False
+
+
+def redact_logs() -> None:
+    """Redact credentials in every log record from now on, whatever handler it reaches: done
+    in the record factory because Hydra reconfigures its handlers when a sweep launches (a
+    handler filter installed before is dropped, and Hydra logs each job's overrides)."""
+    global _FACTORY_INSTALLED
+    if _FACTORY_INSTALLED:
+        return
+    _FACTORY_INSTALLED = True
+    make = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's to report
+            return record
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
+def scrub_files(paths: Iterable[Path]) -> None:
+    """Rewrite text files (Hydra's .hydra/*.yaml, multirun.yaml) with credentials redacted."""
+    for path in paths:
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        cleaned = redact(text)
+        if cleaned != text:
+            tmp = path.with_name(f".{path.name}.redacted")
+            tmp.write_text(cleaned)
+            os.replace(tmp, path)
+
+
+def protect_job_dir(output_dir: Path) -> None:
+    """Credentials out of what Hydra wrote before the job started (the job's .hydra/ files and
+    the sweep's multirun.yaml) and out of the logs from now on."""
+    redact_logs()
+    hydra_dir = output_dir / ".hydra"
+    files = list(hydra_dir.glob("*.yaml")) if hydra_dir.is_dir() else []
+    scrub_files([*files, output_dir.parent / "multirun.yaml"])
+
+
+# ------------------------------------------------------------------------------------- stores
+
+
+def check_store(uri: str) -> None:
+    """For an SQLite store that exists: refuse a file that is not an MLflow database before
+    anything is loaded, with one line naming it and what to do (MLflow itself prints an
+    80-line traceback, late). Reads the header and the table list only (milliseconds)."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).expanduser()
+    if not path.is_file() or path.stat().st_size == 0:
+        return  # MLflow creates it
+    problem = _sqlite_problem(path)
+    if problem is None:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+                tables = {row[0] for row in con.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            problem = f"not a readable SQLite database ({exc})"
+        else:
+            missing = {"alembic_version", "experiments", "runs"} - tables
+            if tables and missing:
+                problem = (f"an SQLite database of another program (tables: "
+                           f"{', '.join(sorted(tables)[:8])}; no MLflow tables "
+                           f"{', '.join(sorted(missing))})")
+    if problem:
+        raise BrokenStore(
+            f"the MLflow store {path} is {problem}; nothing was run. Move it aside (mv {path} "
+            f"{path}.broken) to start a new store there, or choose another store with "
+            "tracking.uri=... or MLFLOW_TRACKING_URI")
+
+
+def _sqlite_problem(path: Path) -> str | None:
+    """What is wrong with the file as SQLite, from its 100-byte header: the magic string, and
+    the page count times the page size against the file's size (a truncated copy)."""
+    with path.open("rb") as fh:
+        header = fh.read(100)
+    if not header.startswith(b"SQLite format 3\x00"):
+        return "not an SQLite database (its first bytes are not 'SQLite format 3')"
+    if len(header) < 100:
+        return f"truncated ({path.stat().st_size} bytes, shorter than an SQLite header)"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid_for, changes = header[92:96], header[24:28]
+    expected = page_size * pages
+    if valid_for == changes and pages and path.stat().st_size < expected:
+        return (f"truncated ({path.stat().st_size:,} bytes; its header says "
+                f"{expected:,})")
+    return None
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """For an HTTP tracking URI, GET /health once (fast) instead of MLflow's long retries."""
+    """For an HTTP tracking URI, GET /health once (fast) instead of MLflow's long retries,
+    with MLflow's credential variables; for an SQLite store, :func:`check_store`."""
+    check_store(uri)
     if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
     import urllib.request
 
+    uri = _split_credentials(uri)
+    request = urllib.request.Request(f"{uri.rstrip('/')}/health", headers=_auth_headers())
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as reply:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
             if reply.status == 200:
                 return
             problem = f"HTTP {reply.status}"
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            raise TrackingUnavailable(
+                f"the MLflow tracking server at {uri} refused the credentials (HTTP {exc.code}); "
+                f"set {USER_VAR} and {PASSWORD_VAR} (or {TOKEN_VAR}) for it") from None
+        problem = f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:
-        problem = str(getattr(exc, "reason", exc))
+        problem = redact(str(getattr(exc, "reason", exc)))
     raise TrackingUnavailable(
         f"the MLflow tracking server at {uri} is not reachable ({problem}); start it "
         "(make docker-mlflow, or mlflow server) or choose another store with tracking.uri=... "
@@ -75,8 +249,19 @@ def retrying(call: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def resolve_uri(configured: str | None) -> str:
-    """Config value, else $MLFLOW_TRACKING_URI, else an SQLite store in the working directory."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """Config value, else $MLFLOW_TRACKING_URI, else an SQLite store in the working directory.
+    An http(s) URI's credentials move into MLflow's variables (see _split_credentials); a URI
+    recorded redacted (tracking.json, for runner.sync) gets its password back from
+    $MLFLOW_TRACKING_URI when that is the same URI."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if f":{REDACTED}@" in uri or f"//{REDACTED}@" in uri:
+        full = os.environ.get("MLFLOW_TRACKING_URI") or ""
+        if redact(full) != uri:
+            raise TrackingUnavailable(
+                f"{uri} was recorded without its password; give the full URI with --uri or "
+                "MLFLOW_TRACKING_URI")
+        uri = full
+    return _split_credentials(uri)
 
 
 def flatten(cfg: DictConfig | Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -122,6 +307,7 @@ def client(uri: str | None = None) -> Any:
     from mlflow.tracking import MlflowClient
 
     resolved = resolve_uri(uri)
+    check_store(resolved)  # a broken SQLite file: BrokenStore's one line, not MLflow's traceback
     with _store_init_lock(resolved):
         wrapped = _Retrying(MlflowClient(tracking_uri=resolved))
         wrapped.search_experiments(max_results=1)  # creates a new store's tables, under the lock
@@ -245,10 +431,12 @@ class Tracker:
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
         from mlflow.entities import Param, RunTag
 
-        all_tags = {**standard_tags(), **tags, **process_identity()}
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        all_tags = {k: redact(str(v))
+                    for k, v in {**standard_tags(), **tags, **process_identity()}.items()}
+        run = self.client.create_run(self.experiment_id, run_name=redact(run_name),
+                                     tags=all_tags)
         self.run_id = run.info.run_id
-        items = [Param(k, v[:6000]) for k, v in params.items()]
+        items = [Param(k, redact(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[start : start + 100])
         self.client.log_batch(self.run_id, tags=[RunTag("mlflow.note.content", run_name)])
@@ -266,16 +454,6 @@ class Tracker:
     def attach(self, run_id: str) -> None:
         """Continue logging to an existing run (runner.sync)."""
         self.run_id = run_id
-
-    def find_finished(self, identity: str) -> str | None:
-        """The id of a FINISHED run in this experiment with tag detbench.identity, if any."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`detbench.identity` = '{identity}' and "
-                          "attributes.status = 'FINISHED'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
 
     def latest_finished(self, key: str, value: str) -> tuple[str, dict[str, str]] | None:
         """(run id, tags) of the newest FINISHED run in this experiment with tag ``key`` =
@@ -299,7 +477,7 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        items = [RunTag(k, redact(str(v))[:5000]) for k, v in tags.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self._id(), tags=items[start : start + 100])
 
@@ -331,7 +509,7 @@ class Tracker:
             self.client.log_artifact(self._id(), str(path), artifact_path)
 
     def log_text(self, text: str, name: str) -> None:
-        self.client.log_text(self._id(), text, name)
+        self.client.log_text(self._id(), redact(text), name)
 
     def end(self, status: str, error: str | None = None, traceback_text: str | None = None) -> None:
         """Terminal status; FAILED/KILLED runs get tag ``error`` and ``error/traceback.txt``."""

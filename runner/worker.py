@@ -197,8 +197,13 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
                 backend.check_executed(tensors[0])  # what ran, e.g. that AMP fired
                 jobdir.write_json(job_dir / jobdir.BACKEND, backend.describe())
                 first = chunk[:checks.FIRST_CALLS]
-                adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS],
-                                    lambda s: data.prepare(first, spec=s, progress=False), inputs)
+
+                def reprepare(spec: data.InputSpec,
+                              first: Sequence[data.ImageRecord] = first) -> Any:
+                    return data.prepare(first, spec=spec, progress=False)
+
+                adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS], reprepare,
+                                    inputs)
                 sampler.mark_phase("warmup")
                 start = time.perf_counter()
                 # the seed policy's warm-up is its first 50 timed calls, dropped afterwards

@@ -240,18 +240,20 @@ def test_a_model_hung_in_the_timed_loop_times_out_with_its_latencies(
         tmp_path: Path, cache_dir: Path) -> None:
     fifo = tmp_path / "never_written.fifo"
     os.mkfifo(fifo)
-    # 3 untimed calls (what ran, the output contract, 1 warm-up), 5 timed, then one hangs
-    timed = 5
-    model = _build_hang_after(tmp_path / "hang_after", 3 + timed, fifo)
+    # the model blocks from its 41st call on: well inside the timed loop over 60 images, after
+    # the untimed calls (what ran, the output checks of the first calls, 1 warm-up call)
+    model = _build_hang_after(tmp_path / "hang_after", 40, fifo)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = _job(tmp_path, uri, cache_dir, "model=custom", f"model.path={model}",
-               "dataset.num_images=20", "benchmark.warmup=1", "benchmark.timeout_s=40",
+               "dataset.num_images=60", "benchmark.warmup=1", "benchmark.timeout_s=40",
                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = job.communicate(timeout=300)
     assert job.returncode == 1, err[-3000:]
     (run,) = _runs(uri)
     assert run.info.status == "FAILED" and run.data.tags["error.type"] == "Timeout"
     assert "benchmark.timeout_s=40" in run.data.tags["error"]
+    timed = _measured(tmp_path / "run")
+    assert 20 <= timed < 40  # the calls before the hang, minus the untimed ones
     assert run.data.metrics["partial.count"] == timed
     rows = _artifact_rows(uri, run.info.run_id, jobdir.LATENCIES, tmp_path / "dl")
     assert len(rows) == timed
@@ -466,3 +468,38 @@ def test_slurm_preset_leaves_time_to_end_the_runs() -> None:
     limit_s = cfg.hydra.launcher.timeout_min * 60
     assert limit_s >= cfg.benchmark.timeout_s + cfg.hydra.launcher.signal_delay_s + 600
     assert cfg.hydra.launcher.signal_delay_s >= 120
+
+
+def test_endings_keep_error_type_and_message_apart() -> None:
+    from runner import job, signals
+    from runner.results import export
+
+    killed = job.ending(signals.Terminated(signal.SIGTERM))
+    assert (killed.status, killed.error_type, killed.signal) == ("KILLED", "Terminated", 15)
+    told = job.ending(SystemExit(-1))  # what submitit raises on SLURM's time-limit signal
+    assert told.status == "KILLED" and "submitit" in (told.error or "")
+    failed = job.ending(job.JobFailed("boom", "ValueError"))
+    assert (failed.status, failed.error_type, failed.error) == ("FAILED", "ValueError", "boom")
+    assert failed.text == "ValueError: boom"
+    assert export.short_error("FAILED", failed.text, "ValueError", "boom") == (
+        "failed: ValueError: boom")
+    assert export.short_error("FAILED", "JobFailed: OSError: bad\ntrace") == "failed: OSError: bad"
+
+
+def test_a_signal_while_an_ending_is_logged_is_raised_after_it() -> None:
+    from runner import signals
+
+    previous = {s: signal.getsignal(s) for s in (*signals.HANDLED, signal.SIGINT)}
+    logged = []
+    try:
+        assert signals.install()
+        with pytest.raises(signals.Terminated) as raised, signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs between two bytecodes: here, and returns
+            logged.append("the run's status")
+        assert logged == ["the run's status"] and raised.value.exit_code == 143
+        assert signals.received() == signal.SIGTERM
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signals._received = None
