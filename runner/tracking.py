@@ -685,9 +685,12 @@ def system_metric_name(device: str, quantity: str) -> str:
              "temperature_c": "temperature_celsius", "sm_clock_mhz": "sm_clock_mhz"}
     if index is not None:
         return f"system/gpu_{index}_{names.get(quantity, quantity)}"
-    cpu = {"cpu_util_pct": "cpu_utilization_percentage",
-           "mem_used_mb": "system_memory_usage_megabytes",
-           "process_rss_mb": "process_memory_rss_megabytes"}
+    cpu = {"host_cpu_util_pct": "cpu_utilization_percentage",
+           "host_mem_used_mb": "system_memory_usage_megabytes",
+           "process_cpu_util_pct": "process_cpu_utilization_percentage",
+           "process_rss_mb": "process_memory_rss_megabytes",
+           "cpu_util_pct": "cpu_utilization_percentage",  # the sampler's names before 2026-12
+           "mem_used_mb": "system_memory_usage_megabytes"}
     return f"system/{cpu.get(quantity, f'{device}_{quantity}')}"
 
 

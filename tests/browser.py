@@ -70,6 +70,9 @@ class Page:
         deadline = time.monotonic() + timeout_s
         text = ""
         while time.monotonic() < deadline:
+            # a headless tab paints only when asked: charts that render once visible
+            # (IntersectionObserver) need a frame, which a capture produces
+            self.call("Page.captureScreenshot", format="jpeg", quality=1)
             text = self.text()
             if all(n in text for n in needles):
                 return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -29,5 +30,5 @@ def run(job_dir: Path, model_dir: Path, images: Path, annotations: Path,
     return worker.execute(job_dir)
 
 
-def checks_file(job_dir: Path) -> dict[str, object]:
+def checks_file(job_dir: Path) -> dict[str, Any]:
     return json.loads((job_dir / "output_checks.json").read_text())

@@ -175,17 +175,29 @@ def _serve_zoo(served: Served, key: str, resolution: str | None = None,
 # ------------------------------------------------------------------------------- download
 
 
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 def test_download_shows_progress_records_sha256_and_leaves_no_part(
-        server: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        server: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     server.files["/f.bin"] = data = _blob(300_000)
+    server.files["/g.bin"] = _blob(1000)
+    terminal, captured = _Terminal(), sys.stderr
+    monkeypatch.setattr(sys, "stderr", terminal)  # progress bars are drawn on a terminal only
     dest = tmp_path / "downloads" / "f.bin"
     assert acquire.download(f"{server.url}/f.bin", dest) == dest
     assert dest.read_bytes() == data
     digest = hashlib.sha256(data).hexdigest()
     assert (tmp_path / "downloads" / "f.bin.sha256").read_text().split()[0] == digest
     assert not (tmp_path / "downloads" / "f.bin.part").exists()
-    err = capsys.readouterr().err
+    err = terminal.getvalue()
     assert "f.bin" in err and "100%" in err and "293k" in err  # 300,000 B in KiB units
+    monkeypatch.setattr(sys, "stderr", captured)  # a log file or pipe gets no bar
+    acquire.download(f"{server.url}/g.bin", tmp_path / "downloads" / "g.bin")
+    assert "g.bin" not in capsys.readouterr().err
 
 
 def test_cache_hit_makes_no_second_request(server: Served, tmp_path: Path) -> None:

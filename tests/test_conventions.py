@@ -44,6 +44,11 @@ CASES = {
         Convention(box_format="yxyx"),
         ["model.outputs=custom", *ZOO_KEYS, "model.box_format=pixels"],
         [], "model.box_format=yxyx"),
+    "pixels_of_original": (
+        Convention(box_format="xyxy"),
+        ["model.outputs=custom", *ZOO_KEYS, "model.box_format=xyxy", "model.box_frame=original"],
+        ["model.outputs=custom", *ZOO_KEYS, "model.box_format=rel_xyxy",
+         "model.box_frame=original"], "model.box_format=xyxy"),
     "xywh": (
         Convention(box_format="xywh", keys=("boxes", "classes", "scores", "num")),
         ["model.outputs=custom", "model.output_keys.boxes=boxes",

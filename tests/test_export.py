@@ -228,12 +228,22 @@ def _expected_cells(metrics: dict[str, float]) -> dict[str, str]:
             for col, m in METRIC_OF_COLUMN.items()}
 
 
+def _columns(runs: list[Run]) -> list[str]:
+    """The public table's columns, with ``Variant`` after the first three when runs have swept
+    settings (this module's sweep varies benchmark.percentile_method)."""
+    if any(r.data.tags.get("detbench.variant") for r in runs):
+        return [*COLUMNS[:3], export.VARIANT_COLUMN, *COLUMNS[3:]]
+    return list(COLUMNS)
+
+
 def _check_table_against_runs(path: Path, runs: list[Run]) -> None:
     header, rows = _parse(path)
-    assert header == list(COLUMNS)
+    assert header == _columns(runs)
     assert len(rows) == len(runs)
     for cells, run in zip(rows, runs, strict=True):
         row = dict(zip(header, cells, strict=True))
+        if export.VARIANT_COLUMN in row:
+            assert row[export.VARIANT_COLUMN] == run.data.tags.get("detbench.variant", "")
         assert row["Model"] == run.data.params["model.display_name"]
         assert row["Input"] == run.data.tags["detbench.resolution"]
         assert row["TF-TRT"] == run.data.params["precision.display_name"]
@@ -287,7 +297,7 @@ def test_csv_round_trips_with_raw_numbers(produced: Produced, tmp_path: Path) ->
     back.to_csv(tmp_path / "again.csv", index=False)
     assert (tmp_path / "again.csv").read_text() == path.read_text()
     runs = _runs(produced.uri)
-    assert list(back.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert list(back.columns[: len(_columns(runs))]) == _columns(runs)
     assert {"run_id", "status", "error", "env_key", "gpu_name", "tensorflow"} <= set(back.columns)
     assert list(back["run_id"]) == [r.info.run_id for r in runs]
     for (_, row), run in zip(back.iterrows(), runs, strict=True):
@@ -381,7 +391,7 @@ def test_extra_columns(produced: Produced, tmp_path: Path) -> None:
     header, rows = _parse(tmp_path / "table.md")
     extra = ["90th_percentile(ms)", "95th_percentile(ms)", "gpu_util_mean(%)",
              "energy_per_image(J)", CI_COLUMN]
-    assert header == [*COLUMNS, *extra]  # no keypoints.AP / segm.AP logged: left out
+    assert header == [*_columns(runs), *extra]  # no keypoints.AP / segm.AP logged: left out
     csv = pd.read_csv(tmp_path / "table.csv")
     for cells, run, (_, raw) in zip(rows, runs, csv.iterrows(), strict=True):
         row = dict(zip(header, cells, strict=True))
@@ -421,7 +431,7 @@ def test_mixed_environments_refused_then_labelled(produced: Produced, tmp_path: 
 
     assert export.main(["--uri", uri, "--out", str(out), "--mix-environments"]) == 0
     header, rows = _parse(out / "table.md")
-    assert header == [*COLUMNS, ENV_COLUMN]
+    assert header == [*_columns(runs), ENV_COLUMN]
     tags = runs[0].data.tags
     mine = f"CPU {tags['env.cpu_model']}, TF {tags['env.tensorflow']}"
     if tags["env.gpu_name"] != "none":
@@ -442,8 +452,8 @@ def test_mixed_environments_refused_then_labelled(produced: Produced, tmp_path: 
         write_report(df, tmp_path / "kp")
     write_report(df, tmp_path / "kp", extra="keypoints,masks", mix_environments=True)
     header, rows = _parse(tmp_path / "kp" / "table.md")
-    assert header == [*COLUMNS, "AP(keypoints)", ENV_COLUMN]
-    assert [r[len(COLUMNS)] for r in rows] == ["", "50.00", "", ""]
+    assert header == [*_columns(runs), "AP(keypoints)", ENV_COLUMN]
+    assert [r[len(_columns(runs))] for r in rows] == ["", "50.00", "", ""]
 
 
 def test_http_server_reads_back_the_same_table(produced: Produced, tmp_path: Path) -> None:
