@@ -29,16 +29,18 @@ def _covered(key: str, prefixes: Sequence[str]) -> bool:
 
 
 def variant(overrides: Sequence[str], swept: Sequence[str] | None = None) -> str:
-    """``"benchmark.warmup=5 dataset.num_images=8"``: a job's overrides beyond model, resolution
-    and precision. In a sweep (``swept`` given) only the keys the sweep varies; otherwise every
-    override that changes what is measured. Empty when there are none."""
+    """``"benchmark.warmup=5"``: the values of the keys a sweep varies (``swept``) beyond model,
+    resolution and precision, as this job's overrides set them. Empty outside a sweep
+    (``swept`` None: a single run keeps its plain name) and when the sweep varies nothing else."""
+    if swept is None:
+        return ""
     kept = []
     for item in overrides:
         key, sep, value = item.partition("=")
         name = key.lstrip("+~")
         if not sep or _covered(name, NAMED_ELSEWHERE) or _covered(name, NOT_MEASURED):
             continue
-        if swept is not None and name not in swept:
+        if name not in swept:
             continue
         kept.append(f"{name}={value}")
     return " ".join(kept)
