@@ -8,7 +8,7 @@ import os
 import platform
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,11 @@ _MAX_VALUE_LEN = 500
 
 
 def collect(
-    gpus: list[dict[str, Any]] | None = None, project_dir: Path | None = None
+    gpus: list[dict[str, Any]] | None = None, project_dir: Path | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Environment tags; ``gpus`` is ``Sampler.gpus``. Never raises."""
+    """Environment tags; ``gpus`` is ``Sampler.gpus``; ``extra``: the job's backend's fields
+    (``Plugin.environment``: runtime package versions), part of ``env.key``. Never raises."""
     parts: dict[str, Callable[[], dict[str, str]]] = {
         "host": _host,
         "tensorflow": _tensorflow,
@@ -58,14 +60,18 @@ def collect(
             tags.update(part())
         except Exception as e:  # noqa: BLE001 - the environment record must never fail a run
             tags[f"env.error.{name}"] = f"{type(e).__name__}: {e}"
+    tags.update(extra or {})
     tags = {k: str(v)[:_MAX_VALUE_LEN] for k, v in tags.items()}
-    tags["env.key"] = environment_key(tags)
+    tags["env.key"] = environment_key(tags, tuple(sorted(extra or {})))
     return tags
 
 
-def environment_key(tags: dict[str, str]) -> str:
-    """12 hex digits of sha1 over the KEY_FIELDS values."""
-    payload = json.dumps([tags.get(k, "") for k in KEY_FIELDS])
+def environment_key(tags: dict[str, str], extra_fields: tuple[str, ...] = ()) -> str:
+    """12 hex digits of sha1 over the KEY_FIELDS values (then ``extra_fields``' names and
+    values, when a backend adds some: without them the key is what it always was)."""
+    values: list[str] = [tags.get(k, "") for k in KEY_FIELDS]
+    values += [f"{k}={tags.get(k, '')}" for k in extra_fields]
+    payload = json.dumps(values)
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import config, data, table
+from runner import backends, config, data, table
 from runner.config import JobConfig
 from runner.worker import JobSpec, dataset_dict
 
@@ -204,28 +204,25 @@ def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[A
 
     from runner import calibration
 
-    trt = cfg.precision.trt
-    if cfg.precision.backend != "tftrt" or trt.precision_mode != "INT8":
+    need = backends.get(cfg.precision.backend).calibration(cfg.precision)
+    if need is None:
         return []
     candidates = dataset.images + dataset.unscored
     split = cfg.dataset.calibration_split
-    if trt.calibration_source == "disjoint" and split:
+    if need.source == "disjoint" and split:
         source = replace(cfg.dataset, split=split, num_images=None)
         candidates = data.load_dataset(source, cfg.cache_dir).images
-    chosen = calibration.select(candidates, dataset.images, trt.calibration_images,
-                                trt.calibration_source)
+    chosen = calibration.select(candidates, dataset.images, need.count, need.source,
+                                config_path=need.config_path)
     data.require_files(chosen, "calibration image file(s)")
     rows = [(r.image_id, str(r.path), r.width, r.height) for r in chosen]
     (job_dir / "calibration.json").write_text(json.dumps(
-        {"source": trt.calibration_source, "count": len(rows), "images": rows}, indent=1))
+        {"source": need.source, "count": len(rows), "images": rows}, indent=1))
     return rows
 
 
 def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict[str, float]:
-    if cfg.precision.backend == "tftrt":  # fail at once, before any download
-        from runner.backends.tftrt import check_available
-
-        check_available()
+    available = backends.check_available(cfg.precision)  # once per job, before any download
     directory = model_dir(cfg)
     if not (directory / "saved_model.pb").is_file():
         raise FileNotFoundError(f"no SavedModel at {str(directory)!r} (saved_model.pb missing)")
@@ -236,7 +233,8 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
                    dataset=dataset_dict(dataset),
                    keypoint_annotations=(str(dataset.keypoint_annotations)
                                          if dataset.keypoint_annotations else None),
-                   extra={"calibration": _calibration(cfg, dataset, job_dir)})
+                   extra={"calibration": _calibration(cfg, dataset, job_dir),
+                          "backend_available": available})
     spec.write(job_dir)
     from runner.gpu_lock import exclusive_gpu
 

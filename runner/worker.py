@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from runner import config, data
+from runner import backends, config, data
 from runner.backends import Backend
 from runner.config import JobConfig
 from runner.detections import Detections
@@ -124,26 +124,22 @@ def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
 
 def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
              gpus: Sequence[Mapping[str, Any]]) -> Backend:
-    """The system under test. TF-TRT first learns the source's input spec, prepares the build
-    (and INT8 calibration) inputs off the timed path, then converts or takes the cached model."""
-    from runner.backends.native import NativeBackend
-
-    model_dir, m = Path(spec.model_dir), cfg.model
-    if cfg.precision.backend == "native":
-        return NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype,
-                             amp=cfg.precision.amp, xla=cfg.precision.xla)
-    from runner.backends import tftrt
-
-    tftrt.check_available()
-    source = NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype)
-    resize, dtype = _resize_target(cfg, source.input_shape), source.input_dtype
-    del source
-    build = [p.tensor for p in data.prepare(dataset.images[:1], dtype, resize)]
-    calibration = [p.tensor for p in data.prepare(
-        _records(spec.extra.get("calibration", [])), dtype, resize)]
-    return tftrt.TrtBackend(model_dir, Path(cfg.cache_dir).expanduser() / "trt", m.signature,
-                            m.input_name, dtype, cfg.precision.trt,
-                            str(gpus[0].get("name")) if gpus else "none", build, calibration)
+    """The system under test, made by its backend's plugin (``runner.backends``); inputs it
+    needs for conversion are prepared off the timed path with the job's resize rule."""
+    nominal = config.nominal_resolution(cfg)
+    m = cfg.model
+    ctx = backends.BuildContext(
+        model_dir=Path(spec.model_dir), signature=m.signature, input_name=m.input_name,
+        input_dtype=m.input_dtype, precision=cfg.precision,
+        cache_dir=Path(cfg.cache_dir).expanduser(),
+        gpu_name=str(gpus[0].get("name")) if gpus else "none",
+        nominal_hw=None if nominal == "native" else config.resolution_hw(nominal),
+        available=spec.extra.get("backend_available", {}),
+        build_images=dataset.images[:1],
+        calibration_images=_records(spec.extra.get("calibration", [])),
+        prepare=lambda records, dtype, shape: [
+            p.tensor for p in data.prepare(records, dtype, _resize_target(cfg, shape))])
+    return backends.get(cfg.precision.backend).create(ctx)
 
 
 def _adapter(cfg: JobConfig) -> Any:
@@ -169,10 +165,8 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
     from runner.measure import time_calls, warm_up
     from runner.telemetry import Sampler
 
-    if cfg.precision.xla:
-        from runner.backends.native import enable_xla_before_tf_import
-
-        enable_xla_before_tf_import()
+    plugin = backends.get(cfg.precision.backend)
+    plugin.before_import(cfg.precision)
     bench = cfg.benchmark
     timings: dict[str, float] = {"prepare_s": 0.0}
     sampler = Sampler(interval_s=bench.sample_interval_s, enabled=bench.telemetry)
@@ -180,7 +174,9 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
     wall_start = time.time()
     latencies_file = job_dir / "latencies.csv"
     try:
-        env = {**environment.collect(sampler.gpus), "telemetry.backend": sampler.backend,
+        env = {**environment.collect(sampler.gpus, extra=plugin.environment(
+                   spec.extra.get("backend_available", {}))),
+               "telemetry.backend": sampler.backend,
                "telemetry.gpu_found": str(sampler.gpu_found).lower(),
                "telemetry.reason": sampler.reason or "",
                "telemetry.sampler": sampler.mode or "off"}
@@ -197,7 +193,8 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
         for index, chunk in enumerate(data.chunked(dataset.images, bench.chunk_size)):
             sampler.mark_phase("prepare")
             start = time.perf_counter()
-            tensors = [p.tensor for p in data.prepare(chunk, backend.input_dtype, resize)]
+            tensors = [backend.prepare_input(p.tensor)  # the backend's input format, untimed
+                       for p in data.prepare(chunk, backend.input_dtype, resize)]
             timings["prepare_s"] += time.perf_counter() - start
             if index == 0:
                 backend.check_executed(tensors[0])  # what ran, e.g. that AMP fired
