@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import backends, config, data, table
+from runner import backends, config, data, reference, table
 from runner.config import JobConfig
 from runner.worker import JobSpec, dataset_dict
 
@@ -107,7 +107,7 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
             "detbench.resolution": config.nominal_resolution(job_cfg),
             "detbench.dataset": job_cfg.dataset.display_name, "detbench.identity": key,
             "detbench.input_policy": job_cfg.benchmark.input_policy,
-            "detbench.job_dir": str(output_dir.resolve())}
+            "detbench.job_dir": str(output_dir.resolve()), **reference.tags(job_cfg, cfg)}
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
     params = _params(cfg, choices)
@@ -164,6 +164,11 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
         log.debug("job %s %s: %s", name, outcome["status"], outcome["error"])
     (output_dir / OUTCOME).write_text(json.dumps(outcome, indent=1))
     result.status, result.error = outcome["status"], outcome.get("error")
+    if tracker is not None and result.status == "FINISHED":  # the AP a conversion costs
+        try:
+            result.metrics |= reference.log_difference(tracker, job_cfg, cfg, result.metrics)
+        except Exception as exc:  # noqa: BLE001 - the server went away: publish says so
+            log.warning("AP difference to Native FP32 not logged: %s", exc)
     try:
         if tracker is None:
             raise ConnectionError("the tracking server was unreachable when the job started")

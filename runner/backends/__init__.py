@@ -208,6 +208,19 @@ def validate(precision: Any) -> None:
                     f"{plugin.name} backend only, but precision.backend={chosen.name!r}")
 
 
+def is_reference(precision: Any, schema: type) -> bool:
+    """Whether ``precision`` is the schema's default precision (Native FP32, the reference AP
+    differences are taken to): the default backend, with its own and the common fields at their
+    defaults (other backends' sections may hold sweep-wide values)."""
+    default = schema()
+    if precision.backend != default.backend:
+        return False
+    names = [f.name for f in dataclasses.fields(schema) if f.name in ("name", "display_name",
+                                                                        "backend")]
+    names += [name for name, _, _ in get(default.backend).fields()]
+    return all(getattr(precision, n) == getattr(default, n) for n in names)
+
+
 def check_available(precision: Any) -> dict[str, str]:
     """The chosen backend's availability check (raises UnsupportedPrecision)."""
     return get(precision.backend).check_available(precision)

@@ -53,7 +53,7 @@ class LiteRTConfig:
 
     mode: str = "fp32"  # fp32 | fp16 | dynamic_int8 | int8
     num_threads: int = 0  # interpreter threads; 0: the CPUs this process may use
-    interpreter: str = "auto"  # auto (ai_edge_litert, else tensorflow) | ai_edge_litert | tensorflow
+    interpreter: str = "auto"  # auto (ai_edge_litert, else tensorflow)|ai_edge_litert|tensorflow
     #: libtensorflowlite_flex.so: converts with Select TF ops and loads it (None: builtins only)
     flex_delegate: str | None = None
     #: "HxW" the model is converted for; None: the model's fixed size, else the job's nominal one
@@ -188,7 +188,7 @@ class LiteRTBackend:
 
     def __init__(self, path: Path, input_name: str, input_dtype: str, hw: tuple[int, int],
                  cfg: LiteRTConfig, available: Mapping[str, str], stats: Mapping[str, float],
-                 cache_hit: bool, cache_key: str) -> None:
+                 cache_hit: bool, cache_key: str, calibration_images: int = 0) -> None:
         Interpreter, load_delegate = _interpreter_class(available["interpreter"])
         threads = cfg.num_threads or len(os.sched_getaffinity(0))
         delegates = [load_delegate(str(Path(cfg.flex_delegate).expanduser()))] \
@@ -201,6 +201,7 @@ class LiteRTBackend:
         self.input_name, self.input_dtype = input_name, input_dtype
         self.input_shape: list[int | None] = [1, hw[0], hw[1], 3]
         self.stats, self.cache_hit, self.cache_key = dict(stats), cache_hit, cache_key
+        self.calibration_images = calibration_images
         self.executed: dict[str, str] = {}
 
     def prepare_input(self, tensor: Any) -> np.ndarray:
@@ -208,7 +209,7 @@ class LiteRTBackend:
         return np.ascontiguousarray(tensor.numpy())
 
     def predict(self, image: Any) -> Mapping[str, np.ndarray]:
-        return self._runner(**{self.input_name: image})  # type: ignore[no-any-return]
+        return self._runner(**{self.input_name: image})
 
     def check_executed(self, example: Any) -> dict[str, str]:
         """Tensor dtypes and op counts of the interpreter's graph; refuse a quantized mode whose
@@ -239,6 +240,7 @@ class LiteRTBackend:
                 "num_threads": str(self.threads), "input_name": self.input_name,
                 "input_dtype": self.input_dtype, "input_shape": str(self.input_shape),
                 "flex_delegate": self.cfg.flex_delegate or "none",
+                "calibration_images": str(self.calibration_images),
                 "model_bytes": str(int(self.stats.get("model_bytes", 0))),
                 "cache_key": self.cache_key, "cache_hit": str(self.cache_hit).lower(),
                 **self.executed}
@@ -316,7 +318,7 @@ class LiteRTPlugin(Plugin):
             key, lambda out: convert(ctx.model_dir, out, ctx.signature, ctx.input_name,
                                      ctx.input_dtype, hw, cfg, calibration))
         return LiteRTBackend(result.path, ctx.input_name, ctx.input_dtype, hw, cfg, available,
-                             result.stats, result.hit, result.key)
+                             result.stats, result.hit, result.key, len(calibration))
 
 
 PLUGIN = LiteRTPlugin()
