@@ -39,7 +39,7 @@ mlflow-ui: install ## Open the MLflow UI on the local store (http://127.0.0.1:$(
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 table: install ## Export MLflow runs to results/ (table.md, table.csv, plots); e.g. make table ARGS="--parent RUN_ID --extra p90,ci"
-	$(PY) -m runner.export $(ARGS)
+	$(PY) -m runner.results.export $(ARGS)
 
 sync: install ## Upload job directories that could not be logged (tracking server was down)
 	$(PY) -m runner.sync $(ARGS)

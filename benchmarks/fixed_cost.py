@@ -50,7 +50,8 @@ PROBES: dict[str, str] = {
 import json, time
 t = time.perf_counter()
 import hydra, omegaconf
-from runner import config, job, report
+from runner import config, job
+from runner.results import report
 config.register()
 print(json.dumps({"hydra_and_runner_imports_s": time.perf_counter() - t}))
 """,

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("harness_overhead", "sampler_cost", "coco_eval", "memory", "fixed_cost", "input_prep")
+SCRIPTS = ("harness_overhead", "sampler_cost", "coco_eval", "memory", "fixed_cost", "input_prep",
+           "latency_store", "fingerprint_cost")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

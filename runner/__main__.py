@@ -1,10 +1,17 @@
-"""``python -m runner``: one benchmark job (or a sweep with ``-m``), configured by Hydra."""
+"""``python -m runner``: one benchmark job (or a sweep with ``-m``), configured by Hydra.
+
+Exit codes: 0 all logged; 1 a job failed; 2 bad configuration or an unusable tracking store
+(nothing run); 3 results measured but not logged (kept for ``python -m runner.sync``);
+128 + signal when SIGTERM (143), SIGHUP (129) or SIGINT (130) stopped it, after its runs ended
+KILLED."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from typing import TYPE_CHECKING
 
 # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -16,7 +23,13 @@ from omegaconf import DictConfig  # noqa: E402
 
 from runner import config  # noqa: E402
 
+if TYPE_CHECKING:
+    from runner.job import JobResult
+
 config.register()
+# resolution=<any HxW> (a custom model's size) is expressed as resolution.name=HxW for Hydra
+sys.argv[1:] = config.rewrite_resolution_args(
+    sys.argv[1:], os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf"))
 log = logging.getLogger("runner")
 
 
@@ -24,13 +37,20 @@ log = logging.getLogger("runner")
 def main(cfg: DictConfig) -> dict[str, str | None]:
     from pathlib import Path
 
-    from runner import job, report
-    from runner.tracking import TrackingUnavailable, check_reachable, resolve_uri
+    from runner import job
+    from runner.results import report
+    from runner.tracking import (
+        TrackingUnavailable,
+        check_reachable,
+        check_writable,
+        resolve_uri,
+    )
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.RUN:
         try:
             check_reachable(resolve_uri(cfg.tracking.uri))
+            check_writable(resolve_uri(cfg.tracking.uri))
         except TrackingUnavailable as exc:
             print(f"detbench: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -43,11 +63,33 @@ def main(cfg: DictConfig) -> dict[str, str | None]:
         return {"status": "FAILED", "name": "", "error": f"configuration error: {exc}",
                 "run_id": None}
     report.print_result(result)
-    if result.status not in ("FINISHED", "SKIPPED") and hydra_cfg.mode == RunMode.RUN:
-        sys.exit(1)
+    code = exit_code(result)
+    if code and hydra_cfg.mode == RunMode.RUN:
+        sys.exit(code)
     return {"status": result.status, "name": result.name, "error": result.error,
-            "run_id": result.run_id}
+            "run_id": result.run_id, "pending": result.pending_reason}
+
+
+def exit_code(result: JobResult) -> int:
+    """1 when the job did not finish, 3 when its results are not in the store, else 0."""
+    if result.status not in ("FINISHED", "SKIPPED"):
+        return 1
+    return 3 if result.pending_dir is not None else 0
+
+
+def cli() -> None:
+    """The entry point: ``main`` with SIGTERM/SIGHUP handled (runner.signals) and the exit code
+    128 + signal after the runs in flight ended KILLED."""
+    from runner import signals
+
+    signals.install()
+    try:
+        main()
+    except (signals.Terminated, KeyboardInterrupt) as exc:
+        print(f"detbench: stopped: {signals.describe(signals.received() or signal.SIGINT)}",
+              file=sys.stderr)
+        sys.exit(signals.exit_code(exc))
 
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -10,6 +10,15 @@ Cache layout under ``cache_dir``::
     coco/annotations/*_val2017.json COCO 2017 val annotations
 
 Without network, put a file at the ``downloads/`` path named in the error message and run again.
+
+Trust: the COCO 2017 archives are pinned to their published sha256 (a mismatch is refused and
+deleted). Zoo archives have no published checksums: the first download is trusted and its sha256
+recorded beside it; a team pins what it recorded with ``python -m runner.acquire pin``, which
+writes ``runner/zoo.sha256`` (commit it) and every later download is checked against it.
+
+Extraction is bounded (``DETBENCH_MAX_EXTRACT_BYTES``, default 16 GiB, and
+``DETBENCH_MAX_EXTRACT_MEMBERS``, default 200,000; COCO val2017, the largest archive used, holds
+5,000 images in about 0.8 GB): beyond either, nothing is extracted.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import os
 import shutil
 import socket
 import stat
+import sys
 import tarfile
 import tempfile
 import time
@@ -30,7 +40,8 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -42,9 +53,23 @@ log = logging.getLogger(__name__)
 
 ZOO_URL_ENV = "DETBENCH_ZOO_URL"
 COCO_URL_ENV = "DETBENCH_COCO_URL"
-COCO_BASE_URL = "http://images.cocodataset.org"
+COCO_BASE_URL = "https://s3.amazonaws.com/images.cocodataset.org"  # the same files over https
 COCO_IMAGES = "zips/val2017.zip"
 COCO_ANNOTATIONS = "annotations/annotations_trainval2017.zip"
+#: published sha256 of the COCO 2017 archives (listed alike by public download scripts, e.g.
+#: ParlAI's COCO task): file name -> (bytes, sha256)
+COCO_PINNED: Mapping[str, tuple[int, str]] = {
+    "val2017.zip": (815_585_330,
+                    "4f7e2ccb2866ec5041993c9cf2a952bbed69647b115d0f74da7ce8f4bef82f05"),
+    "annotations_trainval2017.zip": (
+        252_907_541, "113a836d90195ee1f884e704da6304dfaaecff1f023f49b6ca93c4aaae470268"),
+}
+ZOO_CHECKSUMS = Path(__file__).with_name("zoo.sha256")  # written by `python -m runner.acquire pin`
+ZOO_CHECKSUMS_ENV = "DETBENCH_ZOO_CHECKSUMS"  # another checksums file instead
+MAX_BYTES_ENV = "DETBENCH_MAX_EXTRACT_BYTES"
+MAX_MEMBERS_ENV = "DETBENCH_MAX_EXTRACT_MEMBERS"
+DEFAULT_MAX_BYTES = 16 << 30
+DEFAULT_MAX_MEMBERS = 200_000
 CHUNK_BYTES = 1 << 20
 ATTEMPTS = 3  # tries per download() call when a transfer is cut; each resumes the last
 RETRY_DELAY_S = 1.0  # base of the exponential back-off between tries
@@ -67,38 +92,117 @@ class _Cut(Exception):
 
 
 def download(url: str, dest: Path, *, progress: bool = True, timeout_s: float = 60,
-             attempts: int = ATTEMPTS) -> Path:
+             attempts: int = ATTEMPTS, expected: str | None = None,
+             pinned_in: str = "") -> Path:
     """Fetch ``url`` to ``dest`` once; later calls verify it against ``<dest>.sha256`` instead.
 
     Resumable (``<dest>.part``, ``Range: bytes=N-``), atomic (the rename happens only once every
     byte announced by the server arrived), and locked (``<dest>.lock``): a second process fetching
-    the same file waits, then finds it. A file the user put at ``dest`` is trusted on first use."""
+    the same file waits, then finds it. A file the user put at ``dest`` is trusted on first use,
+    unless ``expected`` pins its sha256 (``pinned_in`` says where the pin comes from): then a
+    mismatch is refused and a downloaded file deleted."""
     dest = Path(dest).expanduser()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(f"{dest}.lock"):
         if dest.is_file():
-            verify(dest)
+            verify(dest, expected, pinned_in)
             return dest
         digest = _fetch(url, dest, progress=progress, timeout_s=timeout_s, attempts=attempts)
+        if expected is not None and digest != expected:
+            dest.unlink(missing_ok=True)
+            raise AcquireError(
+                f"{url} does not match its pinned sha256 ({pinned_in}): expected {expected}, "
+                f"received {digest}; the download was deleted. The server or a proxy on the way "
+                f"serves other bytes than the published file.")
         _sha_file(dest).write_text(f"{digest}  {dest.name}\n")
         log.info("downloaded %s -> %s (sha256 %s)", url, dest, digest)
     return dest
 
 
-def verify(path: Path) -> str:
-    """Check ``path`` against its recorded sha256 (recording it when there is none yet)."""
+def verify(path: Path, expected: str | None = None, pinned_in: str = "") -> str:
+    """Check ``path`` against its pinned sha256 (``expected``) and its recorded one (recording
+    it when there is none yet)."""
     actual = sha256(path)
+    if expected is not None and actual != expected:
+        raise AcquireError(
+            f"{path} does not match its pinned sha256 ({pinned_in}): expected {expected}, actual "
+            f"{actual} (the file is corrupted or was replaced). Delete {path} and "
+            f"{_sha_file(path)} to download it again.")
     record = _sha_file(path)
     if not record.is_file():
         record.write_text(f"{actual}  {path.name}\n")
         return actual
-    expected = (record.read_text().split() or [""])[0]
-    if actual != expected:
+    recorded = (record.read_text().split() or [""])[0]
+    if actual != recorded:
         raise AcquireError(
             f"{path} does not match the sha256 recorded when it was first obtained: expected "
-            f"{expected}, actual {actual} (the file is corrupted or was replaced). Delete {path} "
+            f"{recorded}, actual {actual} (the file is corrupted or was replaced). Delete {path} "
             f"and {record} to download it again.")
     return actual
+
+
+def zoo_checksums_file() -> Path:
+    return Path(os.environ.get(ZOO_CHECKSUMS_ENV) or ZOO_CHECKSUMS).expanduser()
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """``sha256sum`` format (``<hex>  <file name>`` per line, ``#`` comments) -> {name: hex}."""
+    if not path.is_file():
+        return {}
+    pins: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split()
+        if len(fields) != 2 or len(fields[0]) != 64:
+            raise AcquireError(f"{path}, line {number}: expected '<sha256>  <file name>', got "
+                               f"{line!r}")
+        pins[fields[1].lstrip("*")] = fields[0].lower()
+    return pins
+
+
+def pinned_sha256(file_name: str) -> tuple[str | None, str]:
+    """(pinned sha256 or None, where it is pinned) for a downloaded archive's file name."""
+    if file_name in COCO_PINNED:
+        return COCO_PINNED[file_name][1], "the published COCO 2017 checksum"
+    checksums = zoo_checksums_file()
+    return read_checksums(checksums).get(file_name), str(checksums)
+
+
+def known_sha256(path: Path) -> str | None:
+    """The sha256 an archive must have: pinned, else recorded at its first download, else None."""
+    pinned, _ = pinned_sha256(path.name)
+    if pinned:
+        return pinned
+    record = _sha_file(path)
+    fields = record.read_text().split() if record.is_file() else []
+    return fields[0] if fields else None
+
+
+def pin(cache_dir: Path, checksums: Path) -> dict[str, str]:
+    """Add the sha256 recorded for every zoo archive in ``cache_dir/downloads`` to
+    ``checksums`` (kept entries stay; a recorded hash that contradicts a pinned one is an
+    error); returns the new entries."""
+    names = {a.file_name for m in zoo.MODELS.values() for a in m.archives.values()}
+    pins = read_checksums(checksums)
+    added: dict[str, str] = {}
+    for record in sorted((Path(cache_dir).expanduser() / "downloads").glob("*.sha256")):
+        name = record.name[: -len(".sha256")]
+        if name not in names:
+            continue
+        digest = (record.read_text().split() or [""])[0]
+        if name in pins and pins[name] != digest:
+            raise AcquireError(f"{record} records {digest} for {name}, but {checksums} pins "
+                               f"{pins[name]}: one of them is not the published archive; delete "
+                               f"the download or the line, then pin again")
+        if name not in pins:
+            added[name] = digest
+    pins.update(added)
+    lines = ["# sha256 of TF2 Detection Model Zoo archives as first downloaded by this team",
+             "# (no published checksums exist). Written by `python -m runner.acquire pin`.",
+             *(f"{digest}  {name}" for name, digest in sorted(pins.items()))]
+    checksums.write_text("\n".join(lines) + "\n")
+    return added
 
 
 def sha256(path: Path) -> str:
@@ -283,16 +387,69 @@ def _top(name: str) -> str:
 Select = Callable[[str], bool]
 
 
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Bounds on what one archive may expand to (a 2 MB tar.gz of zeros expanded to 2 GiB in
+    16.5 s before these existed). Counted from the members' headers, before any byte of the
+    member over the bound is written."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_members: int = DEFAULT_MAX_MEMBERS
+
+    @classmethod
+    def from_env(cls) -> ExtractLimits:
+        def read(name: str, default: int) -> int:
+            raw = os.environ.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                value = 0
+            if value <= 0:
+                raise AcquireError(f"{name}={raw!r} is not valid; it must be a positive integer")
+            return value
+
+        return cls(read(MAX_BYTES_ENV, DEFAULT_MAX_BYTES),
+                   read(MAX_MEMBERS_ENV, DEFAULT_MAX_MEMBERS))
+
+
+class _Budget:
+    def __init__(self, archive: Path, limits: ExtractLimits | None) -> None:
+        self.archive, self.limits = archive, limits or ExtractLimits.from_env()
+        self.bytes = self.members = 0
+
+    def member(self, name: str) -> None:
+        self.members += 1
+        if self.members > self.limits.max_members:
+            raise AcquireError(
+                f"{self.archive}: refusing to extract more than {self.limits.max_members:,} "
+                f"members (reached at {name!r}); nothing was extracted. If the archive is "
+                f"trusted, raise {MAX_MEMBERS_ENV}; else delete it.")
+
+    def size(self, name: str, size: int) -> None:
+        self.bytes += max(size, 0)
+        if self.bytes > self.limits.max_bytes:
+            raise AcquireError(
+                f"{self.archive}: refusing to extract more than {self.limits.max_bytes:,} bytes "
+                f"(reached at {name!r}, which alone expands to {size:,} bytes); nothing was "
+                f"extracted. If the archive is trusted, raise {MAX_BYTES_ENV}; else delete it.")
+
+
 def extract_tar(archive: Path, dest_root: Path, *, top: str | None = None,
-                select: Select | None = None) -> Path:
+                select: Select | None = None, limits: ExtractLimits | None = None) -> Path:
     """Extract a .tar(.gz) into ``dest_root`` safely and atomically; returns ``dest_root/<top>``
     (``top``: the expected top-level directory; if given and present, it is reused unopened).
-    ``select`` keeps only members whose name it accepts (all members are still checked)."""
+    ``select`` keeps only members whose name it accepts (all members are still checked and
+    counted); ``limits`` (default: from the environment) bounds the size and member count."""
+    budget = _Budget(archive, limits)
 
     def members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         for member in tar:
             _check_tar_member(archive, member)
+            budget.member(member.name)
             if select is None or select(member.name):
+                budget.size(member.name, member.size)
                 yield member
 
     def unpack(tmp: Path) -> None:
@@ -304,14 +461,19 @@ def extract_tar(archive: Path, dest_root: Path, *, top: str | None = None,
 
 
 def extract_zip(archive: Path, dest_root: Path, *, top: str | None = None,
-                select: Select | None = None) -> Path:
-    """Like :func:`extract_tar`, for a .zip (CRCs are checked as members are written)."""
+                select: Select | None = None, limits: ExtractLimits | None = None) -> Path:
+    """Like :func:`extract_tar`, for a .zip (CRCs are checked as members are written; a member
+    never expands past the size its header declares, which is what is bounded)."""
+    budget = _Budget(archive, limits)
 
     def unpack(tmp: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
             for info in infos:
                 _check_zip_member(archive, info)
+                budget.member(info.filename)
+                if select is None or select(info.filename):
+                    budget.size(info.filename, info.file_size)
             for info in infos:
                 if select is None or select(info.filename):
                     zf.extract(info, tmp)
@@ -370,7 +532,8 @@ def _ensure_extracted(url: str, archive: Path, dest_root: Path, top: str,
     if target.exists() and not archive.exists():
         log.info("using %s (its archive %s was removed, so it is not re-verified)", target, archive)
         return target
-    download(url, archive)
+    expected, pinned_in = pinned_sha256(archive.name)
+    download(url, archive, expected=expected, pinned_in=pinned_in)
     return extract(archive, dest_root, top=top, select=select)
 
 
@@ -415,3 +578,37 @@ def ensure_coco_val2017(cache_dir: Path) -> tuple[Path, Path, Path]:
                            f" Delete {root} (and the zips in {cache / 'downloads'}) to fetch it "
                            f"again.")
     return images, instances, keypoints
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m runner.acquire pin``: pin the zoo archives this cache downloaded."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.acquire",
+        description="Pin what was downloaded: write the sha256 recorded for each zoo archive in "
+                    "the cache to a checksums file that every later download is checked against.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    pin_parser = sub.add_parser("pin", help="add the cache's zoo archive hashes to the "
+                                            "checksums file (commit it to share the pins)")
+    pin_parser.add_argument("--cache-dir", default=os.environ.get("DETBENCH_CACHE")
+                            or "~/.cache/detbench", help="the cache (default: $DETBENCH_CACHE "
+                            "or ~/.cache/detbench)")
+    pin_parser.add_argument("--file", type=Path, default=None,
+                            help=f"the checksums file (default: ${ZOO_CHECKSUMS_ENV} or "
+                                 f"{ZOO_CHECKSUMS})")
+    args = parser.parse_args(argv)
+    checksums = Path(args.file or zoo_checksums_file()).expanduser()
+    try:
+        added = pin(Path(args.cache_dir), checksums)
+    except (AcquireError, OSError) as exc:
+        print(f"detbench: {exc}", file=sys.stderr)
+        return 2
+    for name, digest in added.items():
+        print(f"pinned {name} {digest}")
+    print(f"{len(added)} new pin(s) in {checksums}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,7 @@
 MLflow run: each job's run carries the tag ``mlflow.parentRunId`` (runner/job.py reads the id
 from ``$DETBENCH_PARENT_RUN_ID``, set here before the first job; an environment variable reaches
 jobs run in this process by the basic launcher and in child processes by submitit), and at the end
-the parent gets the sweep's status and its children's table and plots (runner.export)."""
+the parent gets the sweep's status and its children's table and plots (runner.results.export)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shlex
+import signal
 import sys
 import tempfile
 from datetime import datetime
@@ -52,10 +53,12 @@ def sweep_params(argv: list[str], overrides: list[str]) -> dict[str, str]:
 class SweepParentRun(Callback):
     """One parent MLflow run per multirun; ``tracking_uri`` / ``experiment`` default to the
     sweep config's ``tracking.uri`` / ``tracking.experiment``. ``report``: attach table.md,
-    table.csv and the plots of the children (``extra`` as ``python -m runner.export --extra``)."""
+    table.csv and the plots of the children (``extra`` as ``python -m runner.results.export
+    --extra``)."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
-                 report: bool = True, extra: str = "") -> None:
+                 report: bool = True, extra: str = "", compare: str = "auto") -> None:
+        self.compare = compare  # reference for runner.results.compare (auto: by input policy)
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.report = report
@@ -65,14 +68,16 @@ class SweepParentRun(Callback):
         self.jobs_failed = 0
         self._previous_env: str | None = None
         self._report_dir: Path | None = None
+        self._heartbeat: Any = None
 
     # -- hydra hooks ------------------------------------------------------------------------
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.entities import Param, RunTag
 
-        from runner import tracking
+        from runner import signals, tracking
 
+        signals.install()  # SIGTERM/SIGHUP end this run KILLED (see _abandoned)
         self.uri = resolve_uri(self.tracking_uri or _select(config, "tracking.uri"))
         experiment = self.experiment or _select(config, "tracking.experiment") or "detbench"
         client = tracking.client(self.uri)
@@ -89,6 +94,7 @@ class SweepParentRun(Callback):
         self._previous_env = os.environ.get(PARENT_ENV)
         os.environ[PARENT_ENV] = self.run_id
         self._report_dir = _sweep_report_dir(config)
+        self._heartbeat = tracking.Heartbeat(self.uri, self.run_id).start()
         atexit.register(self._abandoned)
         log.info("sweep parent MLflow run %s (%s) in %s", self.run_id, name, self.uri)
 
@@ -132,6 +138,8 @@ class SweepParentRun(Callback):
             return
         run_id, self.run_id = self.run_id, None
         atexit.unregister(self._abandoned)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self._previous_env is None:
             os.environ.pop(PARENT_ENV, None)
         else:
@@ -140,8 +148,19 @@ class SweepParentRun(Callback):
         log.info("sweep parent MLflow run %s ended %s", run_id, status)
 
     def _abandoned(self) -> None:
-        """At interpreter exit without on_multirun_end (a job called sys.exit, Ctrl-C)."""
-        if self.run_id is not None:
+        """At interpreter exit without on_multirun_end: KILLED with the signal as reason after
+        SIGTERM/SIGHUP/SIGINT (runner.signals), FAILED otherwise (a job called sys.exit)."""
+        from runner import signals
+
+        if self.run_id is None:
+            return
+        signum = signals.received()
+        if signum is not None:
+            self._tag({"error": f"the sweep was {signals.describe(signum)}; rerun the same "
+                                "command to resume it (finished jobs are skipped)",
+                       "error.type": "Terminated", "error.signal": signal.Signals(signum).name})
+            self.close("KILLED")
+        else:
             self._tag({"error": "the sweep ended before its end callback ran"})
             self.close("FAILED")
 
@@ -155,13 +174,14 @@ class SweepParentRun(Callback):
             client.set_tag(self.run_id, key, value)
 
     def _child_statuses(self) -> list[str]:
-        from runner.runs import search_all_runs
+        from runner.results.runs import search_all_runs
 
         runs = search_all_runs(self.uri, f"tags.`mlflow.parentRunId` = '{self.run_id}'")
         return [r.info.status for r in runs]
 
     def _attach_report(self) -> None:
-        from runner import export, runs, tracking
+        from runner import tracking
+        from runner.results import export, runs
 
         assert self.run_id is not None
         children = runs.load_runs(self.uri, runs.Filters(parent=self.run_id))
@@ -172,6 +192,14 @@ class SweepParentRun(Callback):
             client = tracking.client(self.uri)
             for path in paths:
                 client.log_artifact(self.run_id, str(path))
+            try:
+                from runner.results import compare
+
+                compare.log_to_runs(self.uri, self.run_id, children,
+                                    compare.resolve(self.compare, self.uri), out)
+            except Exception as exc:  # noqa: BLE001 - a comparison problem is not a job failure
+                log.exception("sweep parent run %s: no comparison", self.run_id)
+                self._tag({"detbench.compare_error": f"{type(exc).__name__}: {exc}"[:5000]})
         log.info("sweep report: %s", ", ".join(p.name for p in paths))
 
 

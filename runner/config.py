@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from runner import backends
+from runner.signatures import BOX_FORMATS, BOX_FRAMES, BOX_ORDERS, CLASS_MAPS, RESIZE_RULES
 from runner.stats import PERCENTILE_METHODS
 
 
@@ -29,6 +31,10 @@ class OutputKeys:
     classes: str | None = None
     scores: str | None = None
     num_detections: str | None = None  # optional: all rows are valid without it
+    keypoints: str | None = None  # [1, N, K, 2] in the boxes' units, order and frame
+    keypoint_scores: str | None = None  # [1, N, K]
+    masks: str | None = None  # [1, N, h, w] box-relative masks (the zoo's Mask R-CNN form)
+    image_info: str | None = None  # box_frame=image_info: the [1, 4, 2] scale output
 
 
 @dataclass
@@ -45,9 +51,28 @@ class ModelConfig:
     input_dtype: str = "uint8"
     outputs: str = "zoo"  # output adapter in runner.signatures
     output_keys: OutputKeys = field(default_factory=OutputKeys)  # outputs=custom only
-    box_format: str = "normalized"  # normalized | pixels (of the tensor fed to the model)
-    box_order: str = "yx"  # yx: [ymin, xmin, ymax, xmax] | xy: [xmin, ymin, xmax, ymax]
+    # normalized | pixels (+ box_order) | KerasCV names: yxyx xyxy xywh center_xywh (pixels of
+    # box_frame) and rel_yxyx rel_xyxy rel_xywh rel_center_xywh (relative to it)
+    box_format: str = "normalized"
+    box_order: str = "yx"  # normalized/pixels only: yx [ymin, xmin, ymax, xmax] | xy
+    # what pixels are pixels of: input (the tensor fed, after detbench's resize/pad) | original |
+    # image_info (Model Garden's scale output) | internal (internal_size, internal_resize)
+    box_frame: str = "input"
+    internal_size: str | None = None  # HxW the model resizes its input to (box_frame=internal)
+    internal_resize: str = "squash"  # how it does: squash | pad (top left) | pad_center
     class_offset: int = 0  # added to output classes to get COCO category ids
+    class_map: str = "none"  # none | coco80 (contiguous 0..79 after the offset -> COCO ids)
+    score_floor: float = 0.0  # outputs=custom: rows scoring <= this are padding, dropped
+    # inputs, prepared off the timed path: pixel values 0..255 scaled to input_range, channels
+    # reordered, then (x - input_mean) / input_std per channel (in the model's channel order)
+    input_range: list[float] = field(default_factory=lambda: [0.0, 255.0])
+    input_mean: list[float] | None = None
+    input_std: list[float] | None = None
+    channel_order: str = "rgb"  # rgb | bgr
+    # how detbench resizes to a fixed input size or resolution=HxW: squash (aspect ratio not
+    # kept) | pad (aspect kept, padded bottom/right with zeros) | pad_center (letterbox)
+    resize: str = "squash"
+    output_checks: str = "fail"  # fail | warn: what a wrong-looking output mapping does
 
 
 @dataclass
@@ -143,8 +168,11 @@ DATASET_KINDS = ("synthetic", "coco2017", "coco")
 OUTPUT_ADAPTERS = ("zoo", "zoo_keypoints", "zoo_masks", "centernet_tflite", "custom")
 INPUT_DTYPES = ("uint8", "float32")
 INPUT_POLICIES = ("native", "seed")
-BOX_FORMATS = ("normalized", "pixels")
-BOX_ORDERS = ("yx", "xy")
+CHANNEL_ORDERS = ("rgb", "bgr")
+OUTPUT_CHECKS = ("fail", "warn")
+#: resolution names besides HxW: the model's own (first published) size
+RESOLUTION_NAMES = ("default",)
+_HXW = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 ROLES = ("boxes", "classes", "scores", "num_detections")
 SPLITS = ("train", "val")
 
@@ -181,6 +209,8 @@ def validate(cfg: JobConfig | DictConfig) -> None:
     _choice("model.input_dtype", model.input_dtype, INPUT_DTYPES)
     _choice("model.box_format", model.box_format, BOX_FORMATS)
     _choice("model.box_order", model.box_order, BOX_ORDERS)
+    validate_model_io(model)
+    validate_resolution(cfg.resolution.name, model.resolutions)
     _choice("benchmark.input_policy", bench.input_policy, INPUT_POLICIES)
     _positive("benchmark.timeout_s", bench.timeout_s)
     _positive("benchmark.repeats", bench.repeats)
@@ -209,6 +239,72 @@ def validate(cfg: JobConfig | DictConfig) -> None:
     if bench.input_policy == "seed" and nominal_resolution(cfg) == "native":
         raise ConfigError("benchmark.input_policy='seed' needs a nominal size: choose a "
                           "resolution (e.g. resolution=640x640) or a model with resolutions")
+
+
+def validate_model_io(model: ModelConfig | DictConfig) -> None:
+    """The input and output conventions of ``model.*`` (choices, shapes, combinations)."""
+    _choice("model.box_frame", model.box_frame, BOX_FRAMES)
+    _choice("model.internal_resize", model.internal_resize, RESIZE_RULES)
+    _choice("model.resize", model.resize, RESIZE_RULES)
+    _choice("model.class_map", model.class_map, CLASS_MAPS)
+    _choice("model.channel_order", model.channel_order, CHANNEL_ORDERS)
+    _choice("model.output_checks", model.output_checks, OUTPUT_CHECKS)
+    if model.box_format not in ("normalized", "pixels") and model.box_order != "yx":
+        raise ConfigError(f"model.box_order={model.box_order!r} applies to box_format normalized "
+                          f"or pixels only; box_format={model.box_format!r} names its own order")
+    if model.box_frame == "internal" and not model.internal_size:
+        raise ConfigError("model.box_frame='internal' needs model.internal_size=HxW (the size "
+                          "the model resizes its input to, e.g. 384x384)")
+    if model.internal_size and not _HXW.fullmatch(str(model.internal_size)):
+        raise ConfigError(f"model.internal_size={model.internal_size!r} is not valid; give HxW, "
+                          "e.g. 384x384")
+    if model.box_frame == "image_info" and model.outputs != "custom":
+        raise ConfigError("model.box_frame='image_info' needs model.outputs=custom (and "
+                          "model.output_keys.image_info, default image_info)")
+    if not math.isfinite(model.score_floor):
+        raise ConfigError(f"model.score_floor={model.score_floor!r} must be a finite number")
+    rng = list(model.input_range)
+    if len(rng) != 2 or not all(math.isfinite(v) for v in rng) or rng[0] >= rng[1]:
+        raise ConfigError(f"model.input_range={rng!r} is not valid; give [low, high] with low < "
+                          "high, e.g. [0, 255], [0, 1] or [-1, 1]")
+    for name in ("input_mean", "input_std"):
+        value = getattr(model, name)
+        if value is not None and (len(value) not in (1, 3)
+                                  or not all(math.isfinite(v) for v in value)):
+            raise ConfigError(f"model.{name}={list(value)!r} is not valid; give 1 or 3 finite "
+                              "numbers (per channel, in the model's channel order)")
+    if model.input_std is not None and any(v == 0 for v in model.input_std):
+        raise ConfigError(f"model.input_std={list(model.input_std)!r} has a zero")
+    if model.input_dtype == "uint8" and (rng != [0, 255] or model.input_mean is not None
+                                         or model.input_std is not None):
+        raise ConfigError("model.input_range / input_mean / input_std need a float input: "
+                          f"model.input_dtype={model.input_dtype!r} takes pixels 0..255 as they "
+                          "are (set model.input_dtype=float32)")
+
+
+def validate_resolution(name: str, published: list[str] | Any) -> None:
+    """``resolution.name``: ``default`` or HxW (any size for a model without published ones)."""
+    if name in RESOLUTION_NAMES or _HXW.fullmatch(str(name)):
+        return
+    extra = f"; published for this model: {', '.join(published)}" if published else ""
+    raise ConfigError(f"resolution.name={name!r} is not valid; choose one of: "
+                      f"{', '.join(RESOLUTION_NAMES)}, or HxW such as 384x384{extra}")
+
+
+def rewrite_resolution_args(argv: list[str], conf_dir: str | Path) -> list[str]:
+    """``resolution=384x384`` (a size without a file in conf/resolution/) becomes
+    ``resolution.name=384x384``: every resolution option only sets its name, so any HxW is
+    expressible on the command line, sweeps (``resolution=384x384,512x512``) included."""
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        values = value.split(",") if eq else []
+        if (key == "resolution" and values and all(_HXW.fullmatch(v) for v in values)
+                and not all((Path(conf_dir) / "resolution" / f"{v}.yaml").is_file()
+                            for v in values)):
+            arg = f"resolution.name={value}"
+        out.append(arg)
+    return out
 
 
 def skip_reason(cfg: JobConfig | DictConfig) -> str | None:

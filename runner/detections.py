@@ -37,3 +37,36 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Where the pixels of the tensor fed to the model come from (the hand-off from input
+    preparation in ``data.py`` to the output adapters in ``signatures.py``).
+
+    The original image of ``original`` = (height, width) was resized by ``scale`` = (sy, sx) and
+    placed at ``offset`` = (oy, ox) in a tensor of ``fed`` = (height, width); the rest of the
+    tensor is padding. A pixel coordinate p of the fed tensor is (p - offset) / scale in the
+    original image.
+    """
+
+    original: tuple[int, int]
+    fed: tuple[int, int]
+    scale: tuple[float, float] = (1.0, 1.0)
+    offset: tuple[float, float] = (0.0, 0.0)
+
+    @classmethod
+    def identity(cls, height: int, width: int) -> Frame:
+        """The original image fed as it is."""
+        return cls((height, width), (height, width))
+
+    def to_original(self, points_yx: np.ndarray) -> np.ndarray:
+        """Pixel (y, x) points of the fed tensor -> pixel points of the original image."""
+        offset = np.asarray(self.offset, np.float64)
+        return (points_yx - offset) / np.asarray(self.scale, np.float64)
+
+    @property
+    def covers(self) -> bool:
+        """The fed tensor shows the whole original image and nothing else (no padding)."""
+        return self.offset == (0.0, 0.0) and self.scale == (
+            self.fed[0] / self.original[0], self.fed[1] / self.original[1])

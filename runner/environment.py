@@ -66,6 +66,58 @@ def collect(
     return tags
 
 
+def prerun_key(telemetry: bool = True, extra: Mapping[str, str] | None = None) -> str:
+    """``env.key`` as the worker's :func:`collect` will compute it, for the parent's resume
+    check before any run exists. It avoids importing TensorFlow (5.7 s on a 2-core VM) by
+    reading TF's version from its package metadata and its build from
+    ``tensorflow/python/platform/build_info.py``; only a TensorRT build imports TF, since the
+    TensorRT versions are known only to TF-TRT. GPUs are discovered the way the worker's
+    sampler does (none when ``benchmark.telemetry`` is off, as in the worker). ``extra``: the
+    backend's environment fields, as the worker passes them to :func:`collect`."""
+    tags: dict[str, str] = {"env.cpu_model": cpu_model(), **_container()}
+    try:
+        tags.update(_gpu(_visible_gpus() if telemetry else []))
+    except Exception as e:  # noqa: BLE001 - as collect(): never fails
+        tags["env.error.gpu"] = f"{type(e).__name__}: {e}"
+    try:
+        tags.update(_tensorflow_light())
+    except Exception:  # noqa: BLE001 - fall back to what collect() does
+        tags.update(_tensorflow())
+    tags.update(extra or {})
+    return environment_key({k: str(v)[:_MAX_VALUE_LEN] for k, v in tags.items()},
+                           tuple(sorted(extra or {})))
+
+
+def _visible_gpus() -> list[dict[str, Any]]:
+    from runner.telemetry import Sampler
+
+    sampler = Sampler(isolate=False)
+    try:
+        return list(sampler.gpus)
+    finally:
+        sampler.stop()
+
+
+def _tensorflow_light() -> dict[str, str]:
+    """The KEY_FIELDS of :func:`_tensorflow` without importing TensorFlow (see prerun_key)."""
+    import importlib.util
+    import runpy
+
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.submodule_search_locations:
+        return _tensorflow()
+    root = Path(next(iter(spec.submodule_search_locations)))
+    build = dict(runpy.run_path(str(root / "python" / "platform" / "build_info.py"))["build_info"])
+    if build.get("is_tensorrt_build"):
+        return _tensorflow()
+    dists = metadata.packages_distributions().get("tensorflow") or []
+    if not dists:
+        return _tensorflow()
+    return {"env.tensorflow": metadata.version(dists[0]),
+            "env.tf_cuda_version": str(build.get("cuda_version") or NONE),
+            "env.tensorrt_linked_version": NONE, "env.tensorrt_loaded_version": NONE}
+
+
 def environment_key(tags: dict[str, str], extra_fields: tuple[str, ...] = ()) -> str:
     """12 hex digits of sha1 over the KEY_FIELDS values (then ``extra_fields``' names and
     values, when a backend adds some: without them the key is what it always was)."""

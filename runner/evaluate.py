@@ -8,6 +8,13 @@ at DEBUG level, never stdout.
 Boxes are converted to pixels of the original image as floats (the public table truncated them to
 int, a likely cause of its lower AP): normalized coordinates are clipped to ``[0, 1]``, then
 ``[xmin*W, ymin*H, (xmax-xmin)*W, (ymax-ymin)*H]`` in float64.
+
+The ``seed`` input policy converts as the script behind the public table did instead
+(``ResultsAccumulator(truncate=True)``): the same four products in **float32** (the model's
+output dtype), **no clipping** to the image (a box that leaves the image keeps its coordinates, a
+negative width stays negative), then truncated toward zero to int. The precision moves a pixel:
+the model's float32 0.7 (0.69999999) times 640 is 448.0 in float32 but 447.99999 in float64,
+truncated to 447; and clipping changes AP for any model whose boxes leave the image.
 """
 
 from __future__ import annotations
@@ -102,7 +109,8 @@ class ResultsAccumulator:
     """
 
     def __init__(self, truncate: bool = False) -> None:
-        """``truncate``: cut pixel boxes to int, as the public table did (its ``seed`` policy)."""
+        """``truncate``: convert boxes as the public table's script did (the ``seed`` policy):
+        float32 products, no clipping, truncated to int (see the module docstring)."""
         self.truncate = truncate
         self._boxes: list[np.ndarray] = []  # normalized [ymin, xmin, ymax, xmax] as given
         self._scores: list[np.ndarray] = []
@@ -122,6 +130,9 @@ class ResultsAccumulator:
         boxes = np.array(det.boxes).reshape(-1, 4)
         if np.isnan(boxes).any():  # infinities clip to the image's edge, as in to_coco_results
             raise ValueError("detection boxes contain non-finite values")
+        if self.truncate and np.isinf(boxes).any():  # no clipping here: int(inf) has no value
+            raise ValueError("detection boxes contain infinite values, which the public script's "
+                             "conversion (benchmark.input_policy='seed') cannot truncate to int")
         scores = np.array(det.scores).reshape(-1)
         if not np.isfinite(scores).all():
             raise ValueError("detection scores contain non-finite values")
@@ -153,16 +164,17 @@ class ResultsAccumulator:
                 np.zeros(0, np.int64),
             )
         counts = np.array([len(s) for s in self._scores], dtype=np.int64)
-        sizes = np.array(self._sizes, dtype=np.float64).reshape(-1, 2)
-        width, height = np.repeat(sizes[:, 0], counts), np.repeat(sizes[:, 1], counts)
-        b = np.clip(np.concatenate(self._boxes).astype(np.float64, copy=False), 0.0, 1.0)
-        xywh = np.empty_like(b)
-        xywh[:, 0] = b[:, 1] * width
-        xywh[:, 1] = b[:, 0] * height
-        xywh[:, 2] = np.maximum(b[:, 3] - b[:, 1], 0.0) * width
-        xywh[:, 3] = np.maximum(b[:, 2] - b[:, 0], 0.0) * height
         if self.truncate:
-            xywh = np.trunc(xywh)
+            xywh = _public_script_xywh(self._boxes, self._sizes, counts)
+        else:
+            sizes = np.array(self._sizes, dtype=np.float64).reshape(-1, 2)
+            width, height = np.repeat(sizes[:, 0], counts), np.repeat(sizes[:, 1], counts)
+            b = np.clip(np.concatenate(self._boxes).astype(np.float64, copy=False), 0.0, 1.0)
+            xywh = np.empty_like(b)
+            xywh[:, 0] = b[:, 1] * width
+            xywh[:, 1] = b[:, 0] * height
+            xywh[:, 2] = np.maximum(b[:, 3] - b[:, 1], 0.0) * width
+            xywh[:, 3] = np.maximum(b[:, 2] - b[:, 0], 0.0) * height
         return (
             np.repeat(np.array(self._image_ids, dtype=np.int64), counts),
             xywh,
@@ -189,6 +201,23 @@ class ResultsAccumulator:
                 part = json.dumps(_as_dicts(*(c[start : start + chunk] for c in columns)))
                 fh.write((", " if start else "") + part[1:-1])
             fh.write("]")
+
+
+def _public_script_xywh(boxes: list[np.ndarray], sizes: list[tuple[int, int]],
+                        counts: np.ndarray) -> np.ndarray:
+    """Pixel ``[x, y, w, h]`` as the public table's script computed them: per box
+    ``int(xmin * W), int(ymin * H), int((xmax - xmin) * W), int((ymax - ymin) * H)`` with the
+    normalized coordinates in float32 and no clipping; returned as float64 holding integers."""
+    b = np.concatenate(boxes).astype(np.float32, copy=False).reshape(-1, 4)
+    size = np.array(sizes, dtype=np.float32).reshape(-1, 2)
+    width = np.repeat(size[:, 0], counts)
+    height = np.repeat(size[:, 1], counts)
+    xywh = np.empty(b.shape, dtype=np.float32)
+    xywh[:, 0] = b[:, 1] * width
+    xywh[:, 1] = b[:, 0] * height
+    xywh[:, 2] = (b[:, 3] - b[:, 1]) * width
+    xywh[:, 3] = (b[:, 2] - b[:, 0]) * height
+    return np.trunc(xywh).astype(np.float64)
 
 
 def load_ground_truth(path: str | Path) -> COCO:

@@ -1,7 +1,11 @@
 """One benchmark job: validate -> (skip?) -> track -> acquire -> measured part in a child process
 (``runner.worker``) -> log what it wrote. Config errors surface before anything expensive; any
-later failure (exception, crash, signal, timeout) ends the job's MLflow run as FAILED with the
-reason, and whatever the child already measured is still logged."""
+later ending ends the job's MLflow run with the reason: FAILED for an exception, a crash, a
+timeout or a full disk; KILLED for SIGTERM/SIGHUP/SIGINT (runner.signals) or submitit's exit on
+SLURM's time-limit/preemption signal, after which the exception goes on (exit 128 + signal).
+Whatever the child measured is logged on every ending: the latencies it stored (``partial.*``
+statistics and ``latencies.csv`` from the memory-mapped log) and the telemetry rows it wrote.
+File names and atomic writes: ``runner.jobdir``."""
 
 from __future__ import annotations
 
@@ -9,7 +13,9 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +28,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import backends, config, data, reference, table
+from runner import backends, config, data, fingerprint, jobdir, reference, signals
 from runner.config import JobConfig
+from runner.results import table
 from runner.worker import JobSpec, dataset_dict
 
 log = logging.getLogger(__name__)
@@ -33,12 +40,81 @@ MAX_SERIES_POINTS = 1000  # per sampled quantity logged as an MLflow time series
 NOT_IDENTITY = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
                 "cache_dir")
 PARENT_ENV = "DETBENCH_PARENT_RUN_ID"
-OUTCOME = "outcome.json"  # the job's status, error and traceback, written before logging
-PUBLISHED = "published.json"  # written once the job directory is logged to MLflow
+OUTCOME = jobdir.OUTCOME
+PUBLISHED = jobdir.PUBLISHED
+#: seconds the worker gets to write what it has after SIGTERM before it is SIGKILLed (it handles
+#: the signal once the model call in flight returns; a hung call never does)
+STOP_GRACE_S = 10.0
+#: metrics of a job's telemetry that the parent can rebuild from samples.csv for a job that did
+#: not finish (name -> (column, statistic)); the full set comes from runner.telemetry
+PARTIAL_TELEMETRY = {"cpu_util_mean": ("cpu_util_pct", "mean"),
+                     "cpu_util_max": ("cpu_util_pct", "max"),
+                     "process_rss_peak_mb": ("process_rss_mb", "max"),
+                     "gpu_util_mean": ("gpu_util_pct", "mean"),
+                     "gpu_util_max": ("gpu_util_pct", "max"),
+                     "gpu_mem_peak_mb": ("mem_used_mb", "max"),
+                     "gpu_temp_max_c": ("temperature_c", "max"),
+                     "gpu_sm_clock_mean_mhz": ("sm_clock_mhz", "mean")}
 
 
 class JobFailed(RuntimeError):
-    """The measured part did not complete: the message says why (exception, signal, timeout)."""
+    """The measured part did not complete. ``error_type`` and ``message`` are the child's own
+    exception's (or ``Timeout`` / ``WorkerCrashed``); ``signum`` is set when a signal ended it."""
+
+    def __init__(self, message: str, error_type: str = "JobFailed",
+                 signum: int | None = None) -> None:
+        super().__init__(message)
+        self.message, self.error_type, self.signum = message, error_type, signum
+
+
+@dataclass
+class Outcome:
+    """How a job ended (``outcome.json``): error type and message as separate fields."""
+
+    status: str  # FINISHED | FAILED | KILLED
+    error_type: str | None = None
+    error: str | None = None  # the message alone
+    traceback: str | None = None
+    signal: int | None = None
+
+    @property
+    def text(self) -> str | None:
+        """``Type: message`` for people (the run's ``error`` tag, the summary)."""
+        if self.error is None:
+            return None
+        return f"{self.error_type}: {self.error}" if self.error_type else self.error
+
+    def write(self, job_dir: Path) -> None:
+        jobdir.write_json(job_dir / OUTCOME, self.__dict__)
+
+    @classmethod
+    def read(cls, job_dir: Path) -> Outcome:
+        raw = jobdir.read_json(job_dir / OUTCOME)
+        if not isinstance(raw, dict) or raw.get("status") not in ("FINISHED", "FAILED", "KILLED"):
+            raise jobdir.JobDirError(f"{job_dir / OUTCOME} has no valid status: {raw!r:.200}")
+        return cls(str(raw["status"]), raw.get("error_type"), raw.get("error"),
+                   raw.get("traceback"), raw.get("signal"))
+
+
+def ending(exc: BaseException) -> Outcome:
+    """The outcome of a job that ``exc`` ended."""
+    trace = "".join(traceback.format_exception(exc))
+    if isinstance(exc, signals.Terminated):
+        return Outcome("KILLED", "Terminated",
+                       f"{signals.describe(exc.signum)}: the job was stopped (docker stop, "
+                       "SLURM time limit, preemption or scancel, timeout, a closed terminal)",
+                       trace, exc.signum)
+    if isinstance(exc, KeyboardInterrupt):
+        return Outcome("KILLED", "KeyboardInterrupt", "interrupted (SIGINT, Ctrl-C)", trace,
+                       signal.SIGINT)
+    if isinstance(exc, SystemExit) or type(exc).__name__ == "UncompletedJobError":
+        return Outcome("KILLED", type(exc).__name__,
+                       f"the job was told to exit ({exc!s}): submitit does this on SLURM's "
+                       "time-limit or preemption signal", trace)
+    if isinstance(exc, JobFailed):
+        return Outcome("KILLED" if exc.signum else "FAILED", exc.error_type, exc.message, trace,
+                       exc.signum)
+    return Outcome("FAILED", type(exc).__name__, str(exc), trace)
 
 
 @dataclass
@@ -53,6 +129,7 @@ class JobResult:
     experiment_id: str | None = None
     name: str = ""
     pending_dir: Path | None = None  # set when results could not be logged (runner.sync them)
+    pending_reason: str | None = None  # why they could not be logged
 
 
 def model_dir(cfg: JobConfig) -> Path:
@@ -95,9 +172,12 @@ def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
 
 
 def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, str], key: str,
-                    output_dir: Path) -> tuple[Any, str | None]:
-    """(tracker with a started run, None) or, with the server gone mid-sweep, (None, a skip
-    reason when the job already FINISHED). Writes tracking.json for runner.sync either way."""
+                    output_dir: Path, prints: Any = None
+                    ) -> tuple[Any, str | None, str | None]:
+    """(tracker with a started run, None, None); (None, a skip reason, None) when the job
+    already FINISHED with the same config, model bytes, dataset and environment (``prints``);
+    (None, None, why) when the store cannot take the run (the server gone mid-sweep, a
+    read-only database). Writes tracking.json for runner.sync."""
     from mlflow.exceptions import MlflowException
 
     from runner.tracking import Tracker, TrackingUnavailable, resolve_uri
@@ -108,32 +188,54 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
             "detbench.dataset": job_cfg.dataset.display_name, "detbench.identity": key,
             "detbench.input_policy": job_cfg.benchmark.input_policy,
             "detbench.job_dir": str(output_dir.resolve()), **reference.tags(job_cfg, cfg)}
+    if prints is not None:  # model bytes, dataset and env.key (runner.fingerprint)
+        tags.update({**prints.tags(key), "detbench.identity": prints.identity(key)})
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
     params = _params(cfg, choices)
     record = {"uri": resolve_uri(job_cfg.tracking.uri), "experiment": job_cfg.tracking.experiment,
               "name": name, "params": params, "tags": tags, "run_id": None}
     tracker: Any = None
+    problem: str | None = None
     try:
         tracker = Tracker(job_cfg.tracking.uri, job_cfg.tracking.experiment)
         tracker.reap_orphans()
-        done = None if job_cfg.benchmark.rerun else tracker.find_finished(key)
-        if done:
-            return None, (f"already measured: FINISHED run {done} has the same config "
-                          "(benchmark.rerun=true measures it again)")
+        if not job_cfg.benchmark.rerun and prints is not None:
+            skip, note = fingerprint.resume_decision(tracker, key, prints)
+            if skip:
+                return None, skip, None
+            if note:
+                log.info("%s", note)
         record["run_id"] = tracker.start(name, params, tags)
     except (TrackingUnavailable, MlflowException, OSError) as exc:
+        problem = _store_problem(str(record["uri"]), exc)
         log.warning("tracking unavailable, results stay in %s (python -m runner.sync uploads "
-                    "them later): %s", output_dir, exc)
+                    "them later): %s", output_dir, problem)
         tracker = None
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "tracking.json").write_text(json.dumps(record, indent=1))
-    return tracker, None
+    try:
+        jobdir.write_json(output_dir / jobdir.TRACKING, record)
+    except jobdir.JobDirError as exc:  # only runner.sync needs it; the job fails on its next write
+        log.warning("%s", exc)
+    return tracker, None, problem
+
+
+def _store_problem(uri: str, exc: BaseException) -> str:
+    """Why the store did not take the run, in words that fit the cause."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "readonly database" in text.lower() or "read-only" in text.lower():
+        return (f"the MLflow store {uri} is read-only ({text}): make the file and its directory "
+                "writable, or choose another store with tracking.uri=... or MLFLOW_TRACKING_URI")
+    if uri.startswith(("http://", "https://")):
+        return f"the tracking server at {uri} did not take the run: {text}"
+    return f"the MLflow store {uri} did not take the run: {text}"
 
 
 def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobResult:
-    """Run one job; raises ConfigError (before any model loads) for bad input."""
-    from runner.tracking import resolve_uri
+    """Run one job; raises ConfigError (before any model loads) for bad input. An ending signal
+    (SIGTERM, SIGHUP, SIGINT) or submitit's SystemExit ends the run KILLED and is then re-raised
+    (``python -m runner`` exits 128 + signal)."""
+    from runner.tracking import Heartbeat, resolve_uri
 
     job_cfg = config.to_object(cfg)
     config.validate(job_cfg)
@@ -142,65 +244,99 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     reason = config.skip_reason(job_cfg)
     if reason:
         return JobResult("SKIPPED", None, uri, error=reason, name=name)
-    tracker, skip = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir)
+    available, unavailable = _availability(job_cfg)
+    prints = fingerprint.of_job(  # loads and validates the dataset: before any run
+        job_cfg, backends.get(job_cfg.precision.backend).environment(available))
+    signals.install()  # also where submitit runs the job without runner.__main__
+    tracker, skip, problem = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir,
+                                             prints)
     if skip:
         return JobResult("SKIPPED", None, uri, error=skip, name=name)
     result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
                        ui_link=tracker.ui_link() if tracker else None,
                        experiment_id=tracker.experiment_id if tracker else None)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    interrupted = False
+    heartbeat = Heartbeat(tracker.uri, tracker.run_id).start() if tracker else None
+    stopped_by: BaseException | None = None
     try:
-        result.metrics = _acquire_and_measure(job_cfg, cfg, output_dir)
+        jobdir.write_text(output_dir / jobdir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+        if unavailable is not None:  # the run records why
+            raise unavailable
+        result.metrics = _acquire_and_measure(job_cfg, cfg, output_dir, available)
         result.row = table.row(job_cfg.model.display_name, config.nominal_resolution(job_cfg),
                                job_cfg.precision.display_name, result.metrics)
-        (output_dir / "table_row.md").write_text(table.markdown([result.row]) + "\n")
-        outcome = {"status": "FINISHED"}
-    except (Exception, KeyboardInterrupt) as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        outcome = {"status": "KILLED" if interrupted else "FAILED",
-                   "error": f"{type(exc).__name__}: {exc}",
-                   "traceback": "".join(traceback.format_exception(exc))}
-        log.debug("job %s %s: %s", name, outcome["status"], outcome["error"])
-    (output_dir / OUTCOME).write_text(json.dumps(outcome, indent=1))
-    result.status, result.error = outcome["status"], outcome.get("error")
+        jobdir.write_text(output_dir / jobdir.TABLE_ROW, table.markdown([result.row]) + "\n")
+        outcome = Outcome("FINISHED")
+    except BaseException as exc:  # noqa: BLE001 - every ending is recorded, signals re-raised
+        stopped_by = None if isinstance(exc, Exception) else exc
+        outcome = ending(exc)
+        log.debug("job %s %s: %s", name, outcome.status, outcome.text)
+    finally:
+        if heartbeat is not None:
+            heartbeat.stop()
+    result.status, result.error = outcome.status, outcome.text
     if tracker is not None and result.status == "FINISHED":  # the AP a conversion costs
         try:
             result.metrics |= reference.log_difference(tracker, job_cfg, cfg, result.metrics)
-        except Exception as exc:  # noqa: BLE001 - the server went away: publish says so
+        except Exception as exc:  # noqa: BLE001 - the server went away: publishing says so
             log.warning("AP difference to Native FP32 not logged: %s", exc)
-    try:
-        if tracker is None:
-            raise ConnectionError("the tracking server was unreachable when the job started")
-        publish(output_dir, tracker)
-    except Exception as exc:  # the server went away: keep the files for runner.sync
+    result.pending_reason = _record_outcome(output_dir, outcome, tracker, problem)
+    if result.pending_reason:
         result.pending_dir = output_dir
         log.warning("could not log to %s (%s); results kept in %s: upload them with "
-                    "python -m runner.sync %s", uri, exc, output_dir, output_dir)
-    if interrupted:
-        raise KeyboardInterrupt
+                    "python -m runner.sync %s", uri, result.pending_reason, output_dir,
+                    output_dir)
+    if stopped_by is not None:
+        raise stopped_by
     return result
 
 
-def publish(job_dir: Path, tracker: Any) -> None:
-    """Log a job directory's results to the tracker's run and end it with the job's outcome;
-    ``published.json`` marks the directory done (runner.sync skips it)."""
-    outcome = json.loads((job_dir / OUTCOME).read_text())
-    metrics_file = job_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if outcome["status"] == "FINISHED" else None
+def _record_outcome(job_dir: Path, outcome: Outcome, tracker: Any,
+                    problem: str | None) -> str | None:
+    """Write outcome.json and log the job directory; None when logged, else why not. A full
+    disk does not stop the logging: the outcome in memory ends the run."""
+    try:
+        outcome.write(job_dir)
+    except jobdir.JobDirError as exc:
+        log.warning("%s", exc)
+        if outcome.status == "FINISHED":  # its results are on a disk that is full: not trusted
+            outcome.status, outcome.error_type, outcome.error = "FAILED", "NoSpace", str(exc)
+    try:
+        if tracker is None:
+            raise ConnectionError(problem or "no MLflow run was started")
+        publish(job_dir, tracker, outcome)
+    except Exception as exc:  # noqa: BLE001 - the store went away: keep the files for runner.sync
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def publish(job_dir: Path, tracker: Any, outcome: Outcome | None = None) -> None:
+    """Log a job directory's results to the tracker's run and end it with the job's outcome
+    (``outcome.json`` unless given); ``published.json`` marks the directory done (runner.sync
+    skips it). Publishing again (runner.sync after a partial upload) logs no metric twice."""
+    outcome = outcome or Outcome.read(job_dir)
+    metrics = None
+    if outcome.status == "FINISHED":
+        metrics = jobdir.read_json(job_dir / jobdir.METRICS)
     _log_outputs(tracker, job_dir, metrics)
-    spec_file = job_dir / "job.json"
-    if spec_file.is_file():
-        ds = json.loads(spec_file.read_text())["dataset"]
+    spec = jobdir.read_json_if(job_dir / jobdir.JOB)
+    if spec is not None:
+        ds = spec["dataset"]
         digest = hashlib.sha1(json.dumps([ds["annotations"], [r[0] for r in ds["images"]]])
                               .encode()).hexdigest()
         tracker.log_dataset(f"{ds['display_name']} ({len(ds['images'])} images)",
                             ds["annotations"], len(ds["images"]), digest)
-    if outcome["status"] == "FINISHED":
+    if outcome.status == "FINISHED":
         tracker.finish()
     else:
-        tracker.end(outcome["status"], outcome.get("error"), outcome.get("traceback"))
-    (job_dir / PUBLISHED).write_text(json.dumps({"run_id": tracker.run_id, "uri": tracker.uri}))
+        tracker.set_tags({k: v for k, v in (("error.type", outcome.error_type),
+                                            ("error.message", outcome.error)) if v})
+        if outcome.signal:
+            tracker.set_tags({"error.signal": signal.Signals(outcome.signal).name})
+        tracker.end(outcome.status, outcome.text, outcome.traceback)
+    try:
+        jobdir.write_json(job_dir / PUBLISHED, {"run_id": tracker.run_id, "uri": tracker.uri})
+    except jobdir.JobDirError as exc:  # logged all the same; runner.sync would not duplicate it
+        log.warning("%s", exc)
 
 
 def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[Any]:
@@ -221,13 +357,21 @@ def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[A
                                 config_path=need.config_path)
     data.require_files(chosen, "calibration image file(s)")
     rows = [(r.image_id, str(r.path), r.width, r.height) for r in chosen]
-    (job_dir / "calibration.json").write_text(json.dumps(
-        {"source": need.source, "count": len(rows), "images": rows}, indent=1))
+    jobdir.write_json(job_dir / jobdir.CALIBRATION,
+                      {"source": need.source, "count": len(rows), "images": rows})
     return rows
 
 
-def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict[str, float]:
-    available = backends.check_available(cfg.precision)  # once per job, before any download
+def _availability(cfg: JobConfig) -> tuple[dict[str, str], Exception | None]:
+    """The backend's availability check, once per job (its result goes to the child)."""
+    try:
+        return backends.check_available(cfg.precision), None
+    except backends.UnsupportedPrecision as exc:
+        return {}, exc
+
+
+def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path,
+                         available: Mapping[str, str]) -> dict[str, float]:
     directory = model_dir(cfg)
     if not (directory / "saved_model.pb").is_file():
         raise FileNotFoundError(f"no SavedModel at {str(directory)!r} (saved_model.pb missing)")
@@ -239,7 +383,7 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
                    keypoint_annotations=(str(dataset.keypoint_annotations)
                                          if dataset.keypoint_annotations else None),
                    extra={"calibration": _calibration(cfg, dataset, job_dir),
-                          "backend_available": available})
+                          "backend_available": dict(available)})
     spec.write(job_dir)
     from runner.gpu_lock import exclusive_gpu
 
@@ -251,7 +395,7 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
 
             return execute(job_dir)
         run_child(job_dir, cfg.benchmark.timeout_s)
-    metrics = json.loads((job_dir / "metrics.json").read_text())
+    metrics = jobdir.read_json(job_dir / jobdir.METRICS)
     assert isinstance(metrics, dict)
     return metrics
 
@@ -267,7 +411,9 @@ def _die_with_parent() -> None:
 
 
 def run_child(job_dir: Path, timeout_s: float) -> None:
-    """``python -m runner.worker job_dir`` in a fresh process; raises JobFailed with the reason."""
+    """``python -m runner.worker job_dir`` in a fresh process; raises JobFailed with the reason.
+    On any ending here (timeout, a signal to this process) the worker and what it started (the
+    sampling process) are stopped: SIGTERM, then SIGKILL after STOP_GRACE_S."""
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     child = subprocess.Popen([sys.executable, "-m", "runner.worker", str(job_dir)],
                              preexec_fn=preexec)  # noqa: PLW1509 - only prctl, no locks
@@ -275,88 +421,174 @@ def run_child(job_dir: Path, timeout_s: float) -> None:
         code = child.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         _stop(child)
-        raise JobFailed(f"timeout: the measured part ran past benchmark.timeout_s={timeout_s:g} "
-                        "and was killed") from None
+        raise JobFailed(f"the measured part ran past benchmark.timeout_s={timeout_s:g} and was "
+                        "stopped (timeout); the latencies measured until then are logged as "
+                        "partial.*", "Timeout") from None
     except BaseException:
         _stop(child)
         raise
     if code == 0:
         return
-    error_file = job_dir / "error.json"
-    if error_file.is_file():
-        err = json.loads(error_file.read_text())
-        raise JobFailed(f"{err['type']}: {err['message']}")
+    try:
+        err = jobdir.read_json_if(job_dir / jobdir.ERROR)
+    except jobdir.JobDirError as exc:
+        raise JobFailed(f"the measured part exited with code {code}; {exc}",
+                        "WorkerCrashed") from None
+    if err is not None:
+        raise JobFailed(str(err.get("message")), str(err.get("type")), err.get("signal"))
     if code < 0:
-        raise JobFailed(f"the measured part was killed by signal {signal.Signals(-code).name}")
-    raise JobFailed(f"the measured part exited with code {code}")
+        raise JobFailed(f"the measured part was killed by signal {signal.Signals(-code).name}",
+                        "WorkerCrashed")
+    reason = f"the measured part exited with code {code} without recording why"
+    free = shutil.disk_usage(job_dir).free
+    if free < 1024 * 1024:
+        raise JobFailed(f"no space left on the job directory's filesystem ({free} bytes free "
+                        f"in {job_dir}): {reason}", "NoSpace")
+    raise JobFailed(reason + " (see its output above)", "WorkerCrashed")
 
 
 def _stop(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker (it writes its telemetry and exits 143), SIGKILL it after
+    STOP_GRACE_S, then stop any process it left behind (its sampling process)."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(child.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
     child.terminate()
     try:
-        child.wait(timeout=10)
+        child.wait(timeout=STOP_GRACE_S)
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
+    alive = [p for p in descendants if p.is_running()]
+    for proc in alive:
+        with _suppress_psutil():
+            proc.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=STOP_GRACE_S)
+    for proc in alive:
+        with _suppress_psutil():
+            proc.kill()
+
+
+def _suppress_psutil() -> Any:
+    import contextlib
+
+    import psutil
+
+    return contextlib.suppress(psutil.Error)
 
 
 def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | None) -> None:
-    """Log whatever the measured part wrote; a partial latencies file still gives statistics."""
-    env_file = job_dir / "environment.json"
-    if env_file.is_file():
-        tracker.set_tags(json.loads(env_file.read_text()))
-    stability_file = job_dir / "stability.json"
-    if stability_file.is_file():
-        verdict = json.loads(stability_file.read_text())
+    """Log whatever the measured part wrote; a job that did not finish gets ``partial.*``
+    statistics of the latencies it stored and of the telemetry rows it wrote, and its
+    ``latencies.csv`` is rebuilt from the latency log (the worker may not have written it)."""
+    env = jobdir.read_json_if(job_dir / jobdir.ENVIRONMENT)
+    if env:
+        tracker.set_tags(env)
+    verdict = jobdir.read_json_if(job_dir / jobdir.STABILITY)
+    if verdict:
         tracker.set_tags({"detbench.stability": "stable" if verdict["stable"] else "unstable",
                           "detbench.stability_warning": verdict["warning"]})
-    backend_file = job_dir / "backend.json"
-    if backend_file.is_file():
-        tracker.set_tags({f"backend.{k}": v for k, v in json.loads(
-            backend_file.read_text()).items()})
+    checks = jobdir.read_json_if(job_dir / jobdir.OUTPUT_CHECKS)  # runner.checks' findings
+    if checks:
+        tracker.set_tags({"detbench.output_checks": checks["summary"][:5000]})
+    described = jobdir.read_json_if(job_dir / jobdir.BACKEND)
+    if described:
+        tracker.set_tags({f"backend.{k}": v for k, v in described.items()})
     if metrics is None:
-        metrics = _partial_metrics(job_dir)
-    if metrics:
-        tracker.log_metrics(metrics)
-    _log_samples(tracker, job_dir)
-    names = ("config.yaml", "latencies.csv", "samples.csv", "detections.json", "keypoints.json",
-             "masks.json", "environment.json", "telemetry.json", "backend.json", "table_row.md",
-             "calibration.json")
-    tracker.log_artifacts([job_dir / n for n in names if (job_dir / n).is_file()])
+        metrics = {**_partial_metrics(job_dir), **_partial_telemetry(job_dir)}
+    logged = tracker.logged_metrics()
+    fresh = {k: v for k, v in metrics.items() if k not in logged}
+    if fresh:
+        tracker.log_metrics(fresh)
+    _log_samples(tracker, job_dir, logged)
+    tracker.log_artifacts(jobdir.existing(job_dir, jobdir.ARTIFACTS))
 
 
 def _partial_metrics(job_dir: Path) -> dict[str, float]:
+    """``partial.*`` statistics of every latency in the log (all passes), and latencies.csv
+    rebuilt from it; without a log (a directory from before it), from latencies.csv."""
     from runner.stats import summarize
 
-    path = job_dir / "latencies.csv"
-    if not path.is_file():
+    log_ = jobdir.read_latency_log(job_dir)
+    spec = jobdir.read_json_if(job_dir / jobdir.JOB)
+    if log_ is not None:
+        if spec is not None:
+            ids = [int(r[0]) for r in spec["dataset"]["images"]]
+            try:
+                jobdir.write_latencies_csv(job_dir, ids, log_)
+            except jobdir.JobDirError as exc:
+                log.warning("%s", exc)
+        values = list(jobdir.measured(log_))
+    elif (job_dir / jobdir.LATENCIES).is_file():
+        with (job_dir / jobdir.LATENCIES).open() as fh:
+            values = [float(r["latency_ms"]) / 1000 for r in csv.DictReader(fh)]
+    else:
         return {}
-    with path.open() as fh:
-        values = [float(r["latency_ms"]) / 1000 for r in csv.DictReader(fh)]
     if not values:
         return {}
     return {f"partial.{k}": v for k, v in summarize(values).as_metrics().items()}
 
 
-def _log_samples(tracker: Any, job_dir: Path) -> None:
-    """Each numeric sampled quantity per device as an MLflow time series (at most 1000 points)."""
-    samples, meta = job_dir / "samples.csv", job_dir / "telemetry.json"
-    if not samples.is_file() or not meta.is_file():
+def _sample_rows(job_dir: Path) -> list[dict[str, str]]:
+    path = job_dir / jobdir.SAMPLES
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        log.warning("%s is unreadable (%s): its samples are not logged", path, exc)
+        return []
+
+
+def _partial_telemetry(job_dir: Path) -> dict[str, float]:
+    """``partial.*`` telemetry of the timed phase from the rows in samples.csv (means and
+    peaks of the quantities in PARTIAL_TELEMETRY), for a job that did not finish."""
+    rows = [r for r in _sample_rows(job_dir) if r.get("phase") == "timed"]
+    out: dict[str, float] = {}
+    for name, (column, statistic) in PARTIAL_TELEMETRY.items():
+        values = [v for r in rows if (v := _number(r.get(column))) is not None]
+        if values:
+            out[f"partial.{name}"] = max(values) if statistic == "max" else (
+                sum(values) / len(values))
+    if rows:
+        out["partial.samples_count"] = float(len({r.get("t_s") for r in rows}))
+    return out
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        number = float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+    return number if number is not None and math.isfinite(number) else None
+
+
+def _log_samples(tracker: Any, job_dir: Path, logged: Mapping[str, float]) -> None:
+    """Each numeric sampled quantity per device as an MLflow time series (at most 1000 points);
+    a series already logged (a second publish) is not logged again."""
+    meta = jobdir.read_json_if(job_dir / jobdir.TELEMETRY)
+    rows = _sample_rows(job_dir)
+    if not rows or not meta:
         return
-    wall0 = float(json.loads(meta.read_text())["wall_start"])
+    wall0 = float(meta["wall_start"])
     series: dict[str, tuple[list[float], list[float]]] = {}
-    with samples.open() as fh:
-        for s in csv.DictReader(fh):
-            for key, value in s.items():
-                if key in ("t_s", "phase", "device") or value in ("", None):
-                    continue
-                try:
-                    number = float(value)
-                except ValueError:
-                    continue
-                values, stamps = series.setdefault(f"sample.{s['device']}.{key}", ([], []))
-                values.append(number)
-                stamps.append(wall0 + float(s["t_s"]))
+    for s in rows:
+        for key, value in s.items():
+            if key in ("t_s", "phase", "device") or value in ("", None):
+                continue
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            values, stamps = series.setdefault(f"sample.{s['device']}.{key}", ([], []))
+            values.append(number)
+            stamps.append(wall0 + float(s["t_s"]))
     for name, (values, stamps) in series.items():
+        if name in logged:
+            continue
         stride = max(1, len(values) // MAX_SERIES_POINTS)
         tracker.log_series(name, values[::stride], stamps[::stride])

@@ -36,7 +36,11 @@ def time_calls(predict: Predict, inputs: Sequence[Any], on_output: OnOutput | No
     ``on_output(i, outputs)`` runs after each call, or with ``defer_outputs`` for every call in
     order once all calls are timed (the outputs of all ``inputs`` are then held meanwhile).
     ``out`` (NaN-filled by the caller) receives each latency as it is measured, so an
-    interrupted loop keeps what it measured."""
+    interrupted loop keeps what it measured; the worker passes a view of the job directory's
+    memory-mapped latency log (runner.jobdir), so that even a SIGKILLed or hung child's latencies
+    are on disk. That store is the only persistence work per call and costs nothing measurable
+    against a store into np.empty: -34 ns per call (95% CI -45..0) on a 371 ns loop
+    (benchmarks/latency_store.py, 21 rounds of 200,000 calls)."""
     latencies = np.empty(len(inputs), dtype=np.float64) if out is None else out
     kept: list[Mapping[str, np.ndarray]] = []
     for i, image in enumerate(inputs):

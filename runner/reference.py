@@ -51,7 +51,8 @@ def log_difference(tracker: Any, job_cfg: Any, cfg: DictConfig,
     if backends.is_reference(job_cfg.precision, config.PrecisionConfig):
         return {}
     try:
-        found = tracker.latest_finished({TAG_KEY: comparable_key(cfg), TAG_REFERENCE: "true"})
+        found = tracker.latest_finished_metrics({TAG_KEY: comparable_key(cfg),
+                                                 TAG_REFERENCE: "true"})
     except Exception as exc:  # noqa: BLE001 - an optional comparison must not fail the job
         tracker.set_tags({TAG_RUN: f"missing: lookup failed ({type(exc).__name__}: {exc})"})
         return {}

@@ -22,6 +22,9 @@ def outcome(job_return: JobReturn) -> dict[str, str]:
     value: Any = job_return._return_value
     if isinstance(value, dict):
         name = f"{value.get('name')} [{overrides}]" if overrides else str(value.get("name"))
+        if value.get("pending"):  # measured, but not in the store: runner.sync uploads it
+            return {"status": "UNLOGGED", "name": name,
+                    "reason": f"{value.get('status')} but not logged: {value['pending']}"}
         return {"status": str(value.get("status")), "name": name,
                 "reason": str(value.get("error") or "")}
     return {"status": "UNKNOWN", "name": overrides, "reason": repr(value)}
@@ -33,10 +36,16 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Refuse to start a sweep whose tracking server is down, before any model loads."""
-        from runner.tracking import TrackingUnavailable, check_reachable, resolve_uri
+        from runner.tracking import (
+            TrackingUnavailable,
+            check_reachable,
+            check_writable,
+            resolve_uri,
+        )
 
         try:
             check_reachable(resolve_uri(config.tracking.uri))
+            check_writable(resolve_uri(config.tracking.uri))
         except TrackingUnavailable as exc:
             print(f"detbench: sweep not started: {exc}", file=sys.stderr)
             sys.exit(2)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +24,11 @@ RETRY_S = 120.0  # how long a store call is retried while SQLite reports "databa
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 _ARTIFACT_PROGRESS_VAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+HEARTBEAT_TAG = "detbench.heartbeat"  # unix seconds, refreshed while the run's process lives
+HEARTBEAT_S = 60.0
+#: a RUNNING run on another host whose heartbeat is older than this is reaped (15 missed beats:
+#: a loaded store or a paused VM does not look dead)
+STALE_AFTER_S = 900.0
 
 
 class TrackingUnavailable(RuntimeError):
@@ -126,7 +133,62 @@ def process_identity() -> dict[str, str]:
 
     me = psutil.Process()
     return {"detbench.host": socket.gethostname(), "detbench.pid": str(me.pid),
-            "detbench.pid_start": f"{me.create_time():.3f}"}
+            "detbench.pid_start": f"{me.create_time():.3f}", HEARTBEAT_TAG: f"{time.time():.0f}"}
+
+
+class Heartbeat:
+    """Refreshes a run's ``detbench.heartbeat`` tag every ``interval_s`` from a daemon thread
+    while the process that owns the run lives, so that a job on any host can tell a live run
+    from one whose process or host is gone (Tracker.reap_orphans). A failed refresh is retried
+    at the next beat (the store may be down for a while)."""
+
+    def __init__(self, uri: str, run_id: str, interval_s: float = HEARTBEAT_S) -> None:
+        self.uri, self.run_id, self.interval_s = uri, run_id, interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(target=self._run, name="detbench-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        store: Any = None
+        while not self._stop.wait(self.interval_s):
+            try:
+                store = store or client(self.uri)
+                store.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.0f}")
+            except Exception:  # noqa: BLE001, S112 - the next beat tries again
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def orphan_reason(tags: Mapping[str, str], host: str, now: float,
+                  stale_after_s: float = STALE_AFTER_S) -> str | None:
+    """Why a RUNNING run with these tags is an orphan, None while its owner may be alive: on
+    this host, its process is gone (pid and start time); on another host, its heartbeat is
+    older than ``stale_after_s``. A run from another host without a heartbeat (written before
+    heartbeats) is left alone: nothing tells whether it lives."""
+    if "detbench.host" not in tags:
+        return None
+    pid, owner = tags.get("detbench.pid"), tags["detbench.host"]
+    if owner == host:
+        if _alive(tags):
+            return None
+        return (f"orphaned: the process that ran it (pid {pid} on {host}) ended without "
+                "closing it, e.g. killed with SIGKILL")
+    try:
+        age = now - float(tags[HEARTBEAT_TAG])
+    except (KeyError, ValueError):
+        return None
+    if not math.isfinite(age) or age <= stale_after_s:
+        return None
+    return (f"orphaned: no heartbeat from its process (pid {pid} on {owner}) for {age:.0f} s "
+            f"(over {stale_after_s:.0f} s): the process or its host is gone")
 
 
 def _alive(tags: Mapping[str, str]) -> bool:
@@ -161,18 +223,18 @@ class Tracker:
                 raise
             return str(found.experiment_id)
 
-    def reap_orphans(self) -> list[str]:
-        """End as FAILED every RUNNING run of this host whose process is gone (a killed sweep)."""
-        host = socket.gethostname()
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"attributes.status = 'RUNNING' and tags.`detbench.host` = '{host}'")
+    def reap_orphans(self, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+        """End as FAILED every RUNNING run whose process is gone: by pid on this host, by
+        heartbeat age on any other (a SIGKILLed job, a node that went down); see
+        :func:`orphan_reason`."""
+        host, now = socket.gethostname(), time.time()
+        runs = self.client.search_runs([self.experiment_id],
+                                       filter_string="attributes.status = 'RUNNING'")
         reaped = []
         for run in runs:
-            if _alive(run.data.tags):
+            reason = orphan_reason(run.data.tags, host, now, stale_after_s)
+            if reason is None:
                 continue
-            reason = (f"orphaned: the process that ran it (pid {run.data.tags.get('detbench.pid')}"
-                      f" on {host}) ended without closing it, e.g. killed with SIGKILL")
             self.client.set_tag(run.info.run_id, "error", reason)
             self.client.set_terminated(run.info.run_id, "FAILED")
             reaped.append(run.info.run_id)
@@ -213,7 +275,17 @@ class Tracker:
         )
         return runs[0].info.run_id if runs else None
 
-    def latest_finished(self, tags: Mapping[str, str]) -> tuple[str, dict[str, float]] | None:
+    def latest_finished(self, key: str, value: str) -> tuple[str, dict[str, str]] | None:
+        """(run id, tags) of the newest FINISHED run in this experiment with tag ``key`` =
+        ``value``, if any (resume decides with it)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{key}` = '{value}' and attributes.status = 'FINISHED'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        return (runs[0].info.run_id, dict(runs[0].data.tags)) if runs else None
+
+    def latest_finished_metrics(self, tags: Mapping[str, str]
+                                ) -> tuple[str, dict[str, float]] | None:
         """(run id, metrics) of the newest FINISHED run in this experiment with these tags."""
         where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
         runs = self.client.search_runs(
@@ -237,6 +309,10 @@ class Tracker:
         items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for start in range(0, len(items), 100):
             self.client.log_batch(self._id(), tags=items[start : start + 100])
+
+    def logged_metrics(self) -> dict[str, float]:
+        """The run's metrics so far (latest value per key): what a second publish skips."""
+        return dict(self.client.get_run(self._id()).data.metrics)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
@@ -278,15 +354,45 @@ class Tracker:
         self.client.set_terminated(self._id(), "FINISHED")
 
     def ui_link(self) -> str:
-        return f"{UI_HOST}/#/experiments/{self.experiment_id}/runs/{self._id()}"
+        return f"{ui_host(self.uri)}/#/experiments/{self.experiment_id}/runs/{self._id()}"
 
     def runs_table_link(self) -> str:
         """The experiment's runs table (MLflow 3 otherwise opens a GenAI overview)."""
-        return runs_table_link(self.experiment_id)
+        return runs_table_link(self.experiment_id, self.uri)
 
 
-def runs_table_link(experiment_id: str) -> str:
-    return f"{UI_HOST}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+def ui_host(uri: str | None = None) -> str:
+    """Where the MLflow UI of ``uri`` is: the tracking server itself for an http(s) URI
+    (credentials left out), else ``make mlflow-ui``'s address (UI_HOST) for a local store."""
+    if uri and uri.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(uri)
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+    return UI_HOST
+
+
+def runs_table_link(experiment_id: str, uri: str | None = None) -> str:
+    return f"{ui_host(uri)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def check_writable(uri: str) -> None:
+    """For a local SQLite store, refuse a read-only database file or directory up front (MLflow
+    says "attempt to write a readonly database" only when the first run is created)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).expanduser()
+    target = path if path.exists() else path.parent
+    if target.exists() and not os.access(target, os.W_OK):
+        what = "file" if target == path else "directory"
+        raise TrackingUnavailable(
+            f"the MLflow store {uri} is read-only (its {what} {target} is not writable): make "
+            "it writable, or choose another store with tracking.uri=... or MLFLOW_TRACKING_URI")
 
 
 def read_artifact(uri: str, run_id: str, artifact: str) -> bytes:

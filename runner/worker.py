@@ -3,32 +3,33 @@ load -> prepare (untimed, chunked) -> warm up -> time -> evaluate. It talks to n
 ``JOB_DIR/job.json`` and writes its results as files into JOB_DIR as it goes, so that whatever it
 measured survives a crash, a kill or a timeout. The parent (``runner.job``) logs them to MLflow.
 
-Files written, in order: ``environment.json`` (tags), ``latencies.csv`` (appended per chunk),
-``samples.csv``, ``detections.json`` (+ ``keypoints.json``, ``masks.json``), ``metrics.json``,
-``backend.json``; ``error.json`` if it failed with an exception.
+Files written (names and atomic writes: ``runner.jobdir``), in order: ``environment.json``
+(tags), ``latencies.npy`` (every latency stored as it is measured, memory-mapped),
+``backend.json``, ``latencies.csv`` and the telemetry files (also when interrupted),
+``detections.json`` (+ ``keypoints.json``, ``masks.json``), ``metrics.json``; ``error.json`` if it
+failed with an exception or a signal (SIGTERM/SIGHUP: exit code 128 + signal).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runner import backends, config, data
+from runner import backends, config, data, jobdir, signals
 from runner.backends import Backend
 from runner.config import JobConfig
 from runner.detections import Detections
 
-JOB_FILE = "job.json"
+JOB_FILE = jobdir.JOB
 
 
 @dataclass
@@ -42,11 +43,11 @@ class JobSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def write(self, job_dir: Path) -> None:
-        (job_dir / JOB_FILE).write_text(json.dumps(self.__dict__, default=str))
+        jobdir.write_json(job_dir / JOB_FILE, self.__dict__, indent=None)
 
     @classmethod
     def read(cls, job_dir: Path) -> JobSpec:
-        return cls(**json.loads((job_dir / JOB_FILE).read_text()))
+        return cls(**jobdir.read_json(job_dir / JOB_FILE))
 
     def job_config(self) -> JobConfig:
         from omegaconf import OmegaConf
@@ -88,34 +89,24 @@ class Results:
                                                       record.height, det)
 
 
-def _append_latencies(path: Path, records: Sequence[data.ImageRecord],
-                      latencies: np.ndarray) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as fh:
-        writer = csv.writer(fh)
-        if new:
-            writer.writerow(["image_id", "latency_ms"])
-        writer.writerows((r.image_id, round(float(t) * 1000, 6))
-                         for r, t in zip(records, latencies, strict=True))
-
-
 def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    columns: list[str] = []
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    jobdir.write_csv(path, rows)
 
 
-def _resize_target(cfg: JobConfig, input_shape: Sequence[int | None]) -> tuple[int, int] | None:
-    """Where inputs must be resized before timing: the nominal size for the ``seed`` policy, the
-    model's fixed input size when it has one, else nothing (the model resizes)."""
-    if cfg.benchmark.input_policy == "seed":
-        return config.resolution_hw(config.nominal_resolution(cfg))
-    h, w = input_shape[1], input_shape[2]
-    return (int(h), int(w)) if h is not None and w is not None else None
+def _input_spec(cfg: JobConfig, backend: Any) -> data.InputSpec:
+    """How inputs are prepared before timing (size, resize rule, values): ``data.input_spec``."""
+    return data.input_spec(cfg, backend.input_shape, backend.input_dtype)
+
+
+def seed_order(dataset: data.Dataset) -> data.Dataset:
+    """For the ``seed`` policy: the dataset's images in the annotation file's order (the public
+    script took them so; ``load_dataset`` sorts by id), so that the same images are the first 50
+    whose timings are dropped, and the timed sequence is the script's."""
+    position = {int(info["id"]): i for i, info in enumerate(
+        json.loads(Path(dataset.annotations).read_text())["images"])}
+    ordered = sorted(dataset.images, key=lambda r: position.get(r.image_id, len(position)))
+    return data.Dataset(dataset.name, dataset.display_name, dataset.annotations, tuple(ordered),
+                        dataset.keypoint_annotations, dataset.unscored)
 
 
 def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
@@ -125,7 +116,7 @@ def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
 def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
              gpus: Sequence[Mapping[str, Any]]) -> Backend:
     """The system under test, made by its backend's plugin (``runner.backends``); inputs it
-    needs for conversion are prepared off the timed path with the job's resize rule."""
+    needs for conversion are prepared off the timed path as the job prepares its inputs."""
     nominal = config.nominal_resolution(cfg)
     m = cfg.model
     ctx = backends.BuildContext(
@@ -137,23 +128,21 @@ def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
         available=spec.extra.get("backend_available", {}),
         build_images=dataset.images[:1],
         calibration_images=_records(spec.extra.get("calibration", [])),
-        prepare=lambda records, dtype, shape: [
-            p.tensor for p in data.prepare(records, dtype, _resize_target(cfg, shape))])
+        prepare=lambda records, dtype, shape: [p.tensor for p in data.prepare(
+            records, spec=data.input_spec(cfg, shape, dtype))])
     return backends.get(cfg.precision.backend).create(ctx)
+
+
+def _in_format(backend: Backend, prepared: Sequence[data.PreparedImage]
+               ) -> list[data.PreparedImage]:
+    """The prepared images in the backend's input format (its untimed input hook)."""
+    return [replace(p, tensor=backend.prepare_input(p.tensor)) for p in prepared]
 
 
 def _adapter(cfg: JobConfig) -> Any:
     from runner import signatures
 
-    custom = None
-    if cfg.model.outputs == "custom":
-        keys = {role: key for role in config.ROLES
-                if (key := getattr(cfg.model.output_keys, role))}
-        custom = signatures.OutputSpec(keys=keys,
-                                       box_format=cfg.model.box_format,
-                                       box_order=cfg.model.box_order,
-                                       class_offset=cfg.model.class_offset)
-    return signatures.adapter(cfg.model.outputs, custom)
+    return signatures.from_config(cfg.model)
 
 
 def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
@@ -168,79 +157,84 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
     plugin = backends.get(cfg.precision.backend)
     plugin.before_import(cfg.precision)
     bench = cfg.benchmark
+    seed = bench.input_policy == "seed"
     timings: dict[str, float] = {"prepare_s": 0.0}
+    # every latency lands in the memory-mapped log as it is measured (kept whatever ends this)
+    log = jobdir.create_latency_log(job_dir, bench.repeats, len(dataset.images))
+    offset = 0
     sampler = Sampler(interval_s=bench.sample_interval_s, enabled=bench.telemetry)
     sampler.start()
     wall_start = time.time()
-    latencies_file = job_dir / "latencies.csv"
     try:
         env = {**environment.collect(sampler.gpus, extra=plugin.environment(
                    spec.extra.get("backend_available", {}))),
                "telemetry.backend": sampler.backend,
                "telemetry.gpu_found": str(sampler.gpu_found).lower(),
                "telemetry.reason": sampler.reason or "",
-               "telemetry.sampler": sampler.mode or "off"}
-        (job_dir / "environment.json").write_text(json.dumps(env, indent=1))
+               "telemetry.sampler": sampler.mode or "off",
+               "detbench.timing_method": SEED_METHOD if seed else NATIVE_METHOD}
+        jobdir.write_json(job_dir / jobdir.ENVIRONMENT, env)
         sampler.mark_phase("load")
         start = time.perf_counter()
         backend = _backend(cfg, spec, dataset, sampler.gpus)
         timings["load_s"] = time.perf_counter() - start
-        adapt = _adapter(cfg)
-        resize = _resize_target(cfg, backend.input_shape)
-        results = Results(truncate_boxes=bench.input_policy == "seed")
+        from runner import checks
+
+        adapt = checks.OutputGuard.for_job(  # output sanity checks: before and after timing
+            _adapter(cfg), dataset.annotations,
+            [r.image_id for r in dataset.images[:checks.FIRST_CALLS]], cfg.model.output_checks)
+        inputs = _input_spec(cfg, backend)
+        results = Results(truncate_boxes=seed)
         latencies: list[np.ndarray] = []
         bar: Any = None
         for index, chunk in enumerate(data.chunked(dataset.images, bench.chunk_size)):
             sampler.mark_phase("prepare")
             start = time.perf_counter()
-            tensors = [backend.prepare_input(p.tensor)  # the backend's input format, untimed
-                       for p in data.prepare(chunk, backend.input_dtype, resize)]
+            prepared = _in_format(backend, data.prepare(chunk, spec=inputs))
+            tensors = [p.tensor for p in prepared]
             timings["prepare_s"] += time.perf_counter() - start
             if index == 0:
                 backend.check_executed(tensors[0])  # what ran, e.g. that AMP fired
-                (job_dir / "backend.json").write_text(json.dumps(backend.describe(), indent=1))
-                first = tensors[0]  # outputs checked against the contract before any timing
-                adapt(backend.predict(first), (int(first.shape[1]), int(first.shape[2])))
+                jobdir.write_json(job_dir / jobdir.BACKEND, backend.describe())
+                adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS],
+                                    lambda s, c=chunk: _in_format(backend, data.prepare(
+                                        c[:checks.FIRST_CALLS], spec=s, progress=False)), inputs)
                 sampler.mark_phase("warmup")
                 start = time.perf_counter()
-                warm_up(backend.predict, tensors, bench.warmup)
+                # the seed policy's warm-up is its first 50 timed calls, dropped afterwards
+                warm_up(backend.predict, tensors, 0 if seed else bench.warmup)
                 timings["warmup_s"] = time.perf_counter() - start
                 bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr)
             sampler.mark_phase("timed")
 
-            sizes = [(int(t.shape[1]), int(t.shape[2])) for t in tensors]
+            sizes = [p.frame for p in prepared]
 
             def on_output(i: int, outputs: Mapping[str, np.ndarray],
                           chunk: Sequence[data.ImageRecord] = chunk,
-                          sizes: Sequence[tuple[int, int]] = sizes) -> None:
+                          sizes: Sequence[Any] = sizes) -> None:
                 results.add(chunk[i], adapt(outputs, sizes[i]))
 
-            measured = np.full(len(tensors), np.nan)
-            try:  # outputs are handled after the chunk's last timed call (nothing in between)
-                chunk_latencies = time_calls(backend.predict, tensors, on_output,
-                                             progress=bar.update, defer_outputs=True,
-                                             out=measured)
-            except BaseException:  # keep what this chunk measured before the interruption
-                done = ~np.isnan(measured)
-                _append_latencies(latencies_file,
-                                  [r for r, d in zip(chunk, done, strict=True) if d],
-                                  measured[done])
-                raise
-            passes = [chunk_latencies] + [time_calls(backend.predict, tensors)
-                                          for _ in range(bench.repeats - 1)]
+            end = offset + len(tensors)
+            # outputs are handled after the chunk's last timed call (nothing in between)
+            passes = [time_calls(backend.predict, tensors, on_output, progress=bar.update,
+                                 defer_outputs=True, out=log[0, offset:end])]
+            passes += [time_calls(backend.predict, tensors, out=log[r, offset:end])
+                       for r in range(1, bench.repeats)]
             sampler.mark_phase("record")
             latencies.append(np.stack(passes))
-            _append_latencies(latencies_file, chunk, chunk_latencies)
-            del tensors, on_output
+            offset = end
+            del tensors, prepared, on_output
         if bar is not None:
             bar.close()
+        adapt.after_timing(job_dir)  # every call's outputs, judged after the last timed call
         sampler.mark_phase("done")
     finally:
         sampler.stop()
+        jobdir.write_latencies_csv(job_dir, [r.image_id for r in dataset.images], log)
         samples = sampler.samples()
         if samples:
-            write_csv(job_dir / "samples.csv", samples)
-        (job_dir / "telemetry.json").write_text(json.dumps(
+            write_csv(job_dir / jobdir.SAMPLES, samples)
+        jobdir.write_text(job_dir / jobdir.TELEMETRY, json.dumps(
             {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
              "reason": sampler.reason, "errors": sampler.errors, "sampler": sampler.mode,
              "sampler_cpu_share": sampler.cpu_share, "phases": sampler.phase_times(),
@@ -250,29 +244,74 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
     return {"latencies": np.concatenate(latencies, axis=1), "results": results,
             "timings": timings,
             "telemetry": {**sampler.summary("timed", num_images=len(dataset.images)),
-                          **backend_metrics}}
+                          **backend_metrics, **adapt.metrics()}}
+
+
+#: the public script timed every image and dropped its first 50 timings (its warm-up)
+SEED_DROPPED_TIMINGS = 50
+NATIVE_METHOD = "native: count / total time, p99 as benchmark.percentile_method"
+SEED_METHOD = ("seed: public script (first 50 timings dropped, images/sec = mean of per-call "
+               "rates, p99 'lower')")
+
+
+def timed_latencies(passes: np.ndarray, cfg: JobConfig) -> np.ndarray:
+    """The latencies the statistics are computed over (``passes``: repeats x images): all of them,
+    or for the ``seed`` policy all but the first ``SEED_DROPPED_TIMINGS`` of each pass, as the
+    public script did (its statistics are over N - 50 images)."""
+    if cfg.benchmark.input_policy != "seed":
+        return passes
+    if passes.shape[1] <= SEED_DROPPED_TIMINGS:
+        raise ValueError(f"benchmark.input_policy='seed' drops the first {SEED_DROPPED_TIMINGS} "
+                         f"timings as the public script did, but only {passes.shape[1]} images "
+                         f"were timed: use dataset.num_images > {SEED_DROPPED_TIMINGS}")
+    return passes[:, SEED_DROPPED_TIMINGS:]
 
 
 def timing_metrics(passes: np.ndarray, cfg: JobConfig, telemetry: Mapping[str, float],
                    job_dir: Path) -> dict[str, float]:
-    """Statistics of all timed calls (``passes``: repeats x images), bootstrap 95% CIs of mean
-    latency and throughput, per-repeat mean and spread, and the stability verdict."""
-    from runner.stats import bootstrap_ci, stability, summarize, summarize_repeats
+    """Statistics of all timed calls (``passes``: repeats x images), batch-means 95% intervals of
+    mean latency and throughput (valid for autocorrelated calls), between-run spread and interval
+    when the config ran more than once (``repeats``), and the stability verdict. The ``seed``
+    policy computes them as the public script did (``SEED_METHOD``): ``images_per_sec`` is then
+    the mean of per-call rates and its interval that of the rates."""
+    from runner.stats import mean_interval, stability, summarize, summarize_repeats
 
-    method = cfg.benchmark.percentile_method
-    pooled = passes.reshape(-1)
+    seed = cfg.benchmark.input_policy == "seed"
+    method = "lower" if seed else cfg.benchmark.percentile_method
+    kept = timed_latencies(passes, cfg)
+    pooled = kept.reshape(-1)
     out = summarize(pooled, method).as_metrics()
-    low, high = bootstrap_ci(pooled, "mean")
-    out |= {"latency_mean_ci_low_ms": low * 1000, "latency_mean_ci_high_ms": high * 1000}
-    low, high = bootstrap_ci(pooled, "throughput")
+    if seed:
+        out["images_per_sec"] = out["images_per_sec_mean_of_rates"]
+        out["timings_dropped"] = float(passes.size - kept.size)
+    # one interval per pass (a pass is a dependent series), pooled passes are one series too
+    latency = mean_interval(pooled)
+    out |= {"latency_mean_ci_low_ms": latency.low * 1000,
+            "latency_mean_ci_high_ms": latency.high * 1000,
+            "ci_batch_size": float(latency.batch_size),
+            "latency_autocorrelation_time": latency.autocorrelation_time}
+    if seed:
+        rates = mean_interval(1.0 / pooled)
+        low, high = rates.low, rates.high
+    else:
+        low, high = 1.0 / latency.high, 1.0 / latency.low
     out |= {"images_per_sec_ci_low": low, "images_per_sec_ci_high": high}
-    if len(passes) > 1:
-        per_repeat = [summarize(p, method).as_metrics() for p in passes]
+    if len(kept) > 1:
+        per_repeat = [summarize(p, method).as_metrics() for p in kept]
+        if seed:
+            for metrics in per_repeat:
+                metrics["images_per_sec"] = metrics["images_per_sec_mean_of_rates"]
         out |= {f"repeats.{k}": v for k, v in summarize_repeats(per_repeat).items()}
+    coverage = telemetry.get("telemetry_coverage")
     stable, warning = stability(pooled, cfg.benchmark.cv_threshold,
-                                throttled=telemetry.get("gpu_throttle_thermal_or_power", 0) > 0)
+                                throttled=telemetry.get("gpu_throttle_thermal_or_power", 0) > 0,
+                                telemetry_coverage=None if coverage is None else float(coverage))
     out["stable"] = float(stable)
-    (job_dir / "stability.json").write_text(json.dumps({"stable": stable, "warning": warning}))
+    jobdir.write_json(job_dir / jobdir.STABILITY, {
+        "stable": stable, "warning": warning,
+        "timing_method": SEED_METHOD if seed else NATIVE_METHOD,
+        "interval": f"{int(100 * latency.confidence)}% batch means within the run "
+                    f"(batches of {latency.batch_size} calls)"})
     if warning:
         print(f"WARNING: {warning}", file=sys.stderr)
     return out
@@ -285,17 +324,17 @@ def evaluate(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, measured: Map
 
     ids = [r.image_id for r in dataset.images]
     results: Results = measured["results"]
-    results.boxes.write_json(job_dir / "detections.json")
+    results.boxes.write_json(job_dir / jobdir.DETECTIONS)
     timing = timing_metrics(measured["latencies"], cfg, measured["telemetry"], job_dir)
     start = time.perf_counter()
     metrics = {f"bbox.{k}": v for k, v in evaluate_bbox(dataset.annotations, results.boxes,
                                                           ids).items()}
     if results.masks:
-        (job_dir / "masks.json").write_text(json.dumps(results.masks))
+        jobdir.write_json(job_dir / jobdir.MASKS, results.masks, indent=None)
         segm = evaluate_extra.evaluate(dataset.annotations, results.masks, ids, "segm")
         metrics |= {f"segm.{k}": v for k, v in segm.items()}
     if results.keypoints and spec.keypoint_annotations:
-        (job_dir / "keypoints.json").write_text(json.dumps(results.keypoints))
+        jobdir.write_json(job_dir / jobdir.KEYPOINTS, results.keypoints, indent=None)
         kp = evaluate_extra.evaluate(spec.keypoint_annotations, results.keypoints, ids,
                                      "keypoints")
         metrics |= {f"keypoints.{k}": v for k, v in kp.items()}
@@ -309,10 +348,32 @@ def execute(job_dir: Path) -> dict[str, float]:
     """The whole measured part; writes ``metrics.json`` and returns the metrics."""
     spec = JobSpec.read(job_dir)
     cfg, dataset = spec.job_config(), spec.dataset_obj()  # parsed once for both steps
+    if cfg.benchmark.input_policy == "seed":
+        timed_latencies(np.zeros((1, len(dataset.images))), cfg)  # refuse N <= 50 before timing
+        dataset = seed_order(dataset)
     measured = measure(spec, cfg, dataset, job_dir)
     metrics = evaluate(spec, cfg, dataset, measured, job_dir)
-    (job_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    jobdir.write_json(job_dir / jobdir.METRICS, metrics)
     return metrics
+
+
+def record_error(job_dir: Path, exc: BaseException) -> int:
+    """``error.json`` for the parent (type and message as separate fields, the signal if one
+    ended the child) and the exit code: 128 + signal for a signal, 1 otherwise. If even that
+    write fails (a full disk), the message goes to stderr, which the parent shows."""
+    code = signals.exit_code(exc) or 1
+    record: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc),
+                              "traceback": "".join(traceback.format_exception(exc))}
+    if isinstance(exc, signals.Terminated):
+        record["signal"] = exc.signum
+    elif isinstance(exc, KeyboardInterrupt):
+        record["signal"] = code - 128
+    try:
+        jobdir.write_json(job_dir / jobdir.ERROR, record, indent=None)
+    except jobdir.JobDirError as write_failed:
+        print(f"detbench worker: {type(exc).__name__}: {exc}; and {write_failed}",
+              file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -321,16 +382,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m runner.worker JOB_DIR", file=sys.stderr)
         return 2
     job_dir = Path(args[0])
+    signals.install()  # SIGTERM/SIGHUP unwind like Ctrl-C: telemetry and latencies are written
     try:
         execute(job_dir)
     except BaseException as exc:  # recorded for the parent, then the exit code says it failed
-        (job_dir / "error.json").write_text(json.dumps({
-            "type": type(exc).__name__, "message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc))}))
-        if isinstance(exc, KeyboardInterrupt):
-            return 130
-        traceback.print_exc()
-        return 1
+        code = record_error(job_dir, exc)
+        if code == 1:
+            traceback.print_exc()
+        return code
     return 0
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
-ZOO_BASE_URL = "http://download.tensorflow.org/models/object_detection/tf2"
+ZOO_BASE_URL = "https://download.tensorflow.org/models/object_detection/tf2"
 DEFAULT_DATE = "20200711"
 
 OutputsKind = Literal["boxes", "keypoints", "masks"]

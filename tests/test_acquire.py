@@ -532,7 +532,8 @@ def test_unknown_zoo_key_or_resolution(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------- COCO
 
 
-def _serve_coco(served: Served) -> None:
+def _serve_coco(served: Served, monkeypatch: pytest.MonkeyPatch | None = None) -> None:
+    """Stand-in COCO archives, pinned (with ``monkeypatch``) as the real ones are."""
     instances = {"images": [{"id": 139, "file_name": "000000000139.jpg"}], "annotations": []}
     served.files["/coco/zips/val2017.zip"] = _zip({
         "val2017/000000000139.jpg": b"\xff\xd8\xff\xe0 a jpeg",
@@ -545,10 +546,19 @@ def _serve_coco(served: Served) -> None:
         "annotations/instances_train2017.json": b"{}",
         "annotations/person_keypoints_train2017.json": b"{}",
     })
+    if monkeypatch is not None:
+        _pin_coco(served, monkeypatch)
 
 
-def test_ensure_coco_val2017_in_its_real_layout(server: Served, tmp_path: Path) -> None:
-    _serve_coco(server)
+def _pin_coco(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    pins = {Path(path).name: (len(body), hashlib.sha256(body).hexdigest())
+            for path, body in served.files.items() if path.startswith("/coco/")}
+    monkeypatch.setattr(acquire, "COCO_PINNED", pins)
+
+
+def test_ensure_coco_val2017_in_its_real_layout(server: Served, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve_coco(server, monkeypatch)
     images, instances, keypoints = acquire.ensure_coco_val2017(tmp_path)
     assert images == tmp_path / "coco" / "val2017"
     assert sorted(p.name for p in images.glob("*.jpg")) == ["000000000139.jpg",
@@ -572,9 +582,102 @@ def test_coco_offline_message_names_url_and_drop_path(
     assert str(tmp_path / "downloads" / "val2017.zip") in str(err.value)
 
 
-def test_a_coco_zip_without_the_annotations_is_reported(server: Served, tmp_path: Path) -> None:
+def test_a_coco_zip_without_the_annotations_is_reported(
+        server: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _serve_coco(server)
     server.files["/coco/annotations/annotations_trainval2017.zip"] = _zip(
         {"annotations/instances_val2017.json": b"{}"})
+    _pin_coco(server, monkeypatch)
     with pytest.raises(AcquireError, match="person_keypoints_val2017.json"):
         acquire.ensure_coco_val2017(tmp_path)
+
+
+def test_coco_archives_are_pinned_to_the_published_checksums_over_https(
+        server: Served, tmp_path: Path) -> None:
+    """The real pins (from the published manifests) refuse any other bytes, and delete them."""
+    assert acquire.COCO_BASE_URL.startswith("https://")
+    assert zoo.ZOO_BASE_URL.startswith("https://")
+    assert acquire.COCO_PINNED["val2017.zip"][1].startswith("4f7e2ccb")
+    _serve_coco(server)  # not the published bytes
+    with pytest.raises(AcquireError) as err:
+        acquire.ensure_coco_val2017(tmp_path)
+    message = str(err.value)
+    assert "does not match its pinned sha256 (the published COCO 2017 checksum)" in message
+    assert acquire.COCO_PINNED["val2017.zip"][1] in message
+    downloads = tmp_path / "downloads"
+    assert sorted(p.name for p in downloads.iterdir()) == ["val2017.zip.lock"]
+    assert not (tmp_path / "coco").exists()
+
+
+def test_a_dropped_coco_file_with_other_bytes_is_refused(tmp_path: Path) -> None:
+    dropped = tmp_path / "downloads" / "val2017.zip"
+    dropped.parent.mkdir()
+    dropped.write_bytes(_zip({"val2017/1.jpg": b"x"}))
+    with pytest.raises(AcquireError, match="pinned sha256 .the published COCO 2017 checksum."):
+        acquire.ensure_coco_val2017(tmp_path)
+    assert not (tmp_path / "downloads" / "val2017.zip.sha256").exists()
+
+
+def test_zoo_pins_written_by_the_pin_command_are_enforced(
+        server: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checksums = tmp_path / "zoo.sha256"
+    monkeypatch.setenv(acquire.ZOO_CHECKSUMS_ENV, str(checksums))
+    archive, path = _serve_zoo(server, "ssd_mobilenet_v2")
+    cache = tmp_path / "cache"
+    acquire.ensure_zoo_model("ssd_mobilenet_v2", None, cache)  # trust on first use
+    env = {**os.environ, "DETBENCH_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "runner.acquire", "pin", "--file",
+                           str(checksums)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    digest = hashlib.sha256(server.files[path]).hexdigest()
+    assert f"{digest}  {archive.file_name}" in checksums.read_text().splitlines()
+    assert archive.file_name in proc.stdout and str(checksums) in proc.stdout
+    assert acquire.known_sha256(cache / "downloads" / archive.file_name) == digest
+    # another cache, and the server now serves other bytes: the pin refuses them
+    server.files[path] = zoo_tar(archive.extracted_dir, size=1000)
+    other = tmp_path / "other"
+    with pytest.raises(AcquireError, match=f"pinned sha256 .{checksums}.: expected {digest}"):
+        acquire.ensure_zoo_model("ssd_mobilenet_v2", None, other)
+    assert not (other / "downloads" / archive.file_name).exists()
+    assert not (other / "models" / archive.extracted_dir).exists()
+    # pinning again is idempotent; a contradicting record is an error naming both
+    assert acquire.pin(cache, checksums) == {}
+    (cache / "downloads" / f"{archive.file_name}.sha256").write_text("0" * 64 + "\n")
+    with pytest.raises(AcquireError, match="pins"):
+        acquire.pin(cache, checksums)
+
+
+def _bomb_tar(members: int, size: int) -> bytes:
+    """A real tar.gz bomb: zeros compress about 1000:1."""
+    return _tar([_dir("top")] + [_file(f"top/zero{i}", bytes(size)) for i in range(members)])
+
+
+@pytest.mark.parametrize(("limits", "expected"), [
+    (acquire.ExtractLimits(max_bytes=1_000_000), "more than 1,000,000 bytes"),
+    (acquire.ExtractLimits(max_members=5), "more than 5 members"),
+])
+def test_an_archive_bomb_is_refused_and_nothing_is_left(
+        tmp_path: Path, limits: acquire.ExtractLimits, expected: str) -> None:
+    archive = tmp_path / "bomb.tar.gz"
+    archive.write_bytes(_bomb_tar(members=8, size=400_000))
+    assert archive.stat().st_size < 20_000  # expands to 3.2 MB
+    dest = tmp_path / "models"
+    with pytest.raises(AcquireError, match=expected) as err:
+        acquire.extract_tar(archive, dest, top="top", limits=limits)
+    assert "nothing was extracted" in str(err.value) and str(archive) in str(err.value)
+    assert [p.name for p in dest.iterdir()] == []  # no temp dir, no partial member
+    assert acquire.extract_tar(archive, tmp_path / "ok", top="top",
+                               limits=acquire.ExtractLimits()) == tmp_path / "ok" / "top"
+
+
+def test_zip_bomb_limits_come_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(_zip({f"top/z{i}": bytes(300_000) for i in range(4)}))
+    monkeypatch.setenv(acquire.MAX_BYTES_ENV, "1000000")
+    with pytest.raises(AcquireError, match=f"raise {acquire.MAX_BYTES_ENV}"):
+        acquire.extract_zip(archive, tmp_path / "d", top="top")
+    assert list((tmp_path / "d").iterdir()) == []
+    monkeypatch.setenv(acquire.MAX_BYTES_ENV, "lots")
+    with pytest.raises(AcquireError, match="DETBENCH_MAX_EXTRACT_BYTES='lots' is not valid"):
+        acquire.extract_zip(archive, tmp_path / "d", top="top")

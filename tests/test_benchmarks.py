@@ -22,6 +22,7 @@ CHECKS: dict[str, tuple[str, ...]] = {
     "fixed_cost": ("jobs_finished", "before_first_timed_call_adds_up",
                    "after_last_timed_call_adds_up"),
     "input_prep": ("prepared_shapes",),
+    "latency_store": ("log_holds_the_latencies", "sigkilled_child_keeps_its_latencies"),
 }
 #: script -> the timing targets it must report (met or missed: quick runs are too short to judge)
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -32,6 +33,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "memory": (),
     "fixed_cost": ("before_ceiling", "after_ceiling"),
     "input_prep": ("prepare_faster_than_inference",),
+    "latency_store": ("log.added_ns_per_call",),
 }
 
 

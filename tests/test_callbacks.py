@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from runner.callbacks import PARENT_ENV, SWEEP_TAG, SweepParentRun, sweep_params, sweep_status
 from runner.evaluate import STAT_NAMES
-from runner.table import COLUMNS
+from runner.results.table import COLUMNS
 from tests.conftest import CONF_DIR
 
 ARGV = ["/x/runner/__main__.py", "-m", "benchmark.warmup=5,10", "tracking.uri=sqlite:///a b.db"]

@@ -362,3 +362,41 @@ def test_nothing_printed(capfd: pytest.CaptureFixture[str]) -> None:
     evaluate_bbox(gt, [], [1, 2, 3])
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+# ---------------------------------------------------------------- the public script's conversion
+
+
+def _public_script_boxes(image_w: int, image_h: int, boxes: np.ndarray) -> list[list[int]]:
+    """The public table's script, written out per box as it did it: float32 coordinates times
+    the image size, no clipping, int() truncation."""
+    out = []
+    for ymin, xmin, ymax, xmax in boxes.astype(np.float32):
+        out.append([int(xmin * image_w), int(ymin * image_h), int((xmax - xmin) * image_w),
+                    int((ymax - ymin) * image_h)])
+    return out
+
+
+def test_seed_conversion_is_the_public_scripts_float32_unclipped_truncation() -> None:
+    boxes = np.array([[0.1, 0.7, 0.5, 0.9],     # 0.7 * 640: 448 in float32, 447.99999 in float64
+                      [-0.05, -0.1, 0.3, 1.2],  # leaves the image: not clipped
+                      [0.2, 0.6, 0.1, 0.4],     # inverted: negative width and height
+                      [0.123457, 0.333333, 0.987654, 0.999999]], dtype=np.float32)
+    det = Detections(boxes=boxes, scores=np.array([0.9, 0.8, 0.7, 0.6], np.float32),
+                     classes=np.array([1, 2, 3, 4]))
+    seed = ResultsAccumulator(truncate=True)
+    seed.add(7, 640, 427, det)
+    got = [r["bbox"] for r in seed.to_json_list()]
+    assert got == _public_script_boxes(640, 427, boxes)
+    assert got[0][0] == 448 and got[1][0] == -64 and got[2][2] < 0
+    native = ResultsAccumulator()
+    native.add(7, 640, 427, det)
+    assert [r["bbox"] for r in native.to_json_list()][1][0] == 0.0  # native clips to the image
+    assert int(np.float64(np.float32(0.7)) * 640) == 447  # what float64 would have truncated to
+
+
+def test_seed_conversion_refuses_infinite_boxes() -> None:
+    det = Detections(boxes=np.array([[0.0, 0.0, np.inf, 0.5]], np.float32),
+                     scores=np.array([0.5], np.float32), classes=np.array([1]))
+    with pytest.raises(ValueError, match="infinite.*input_policy='seed'"):
+        ResultsAccumulator(truncate=True).add(1, 10, 10, det)

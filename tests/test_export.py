@@ -1,4 +1,5 @@
-"""runner.export on runs the runner itself produced: once per session, a sweep of two jobs (with
+"""runner.results.export on runs the runner itself produced: once per session, a sweep of two
+jobs (with
 the SweepParentRun callback) and one failing job (a garbage SavedModel), into an embedded SQLite
 store and, in parallel, over HTTP into a real ``mlflow server``; plus unit cases on hand-made
 frames."""
@@ -25,12 +26,12 @@ from hydra import compose, initialize_config_dir
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from runner import export, plots, runs
 from runner.callbacks import PARENT_ENV, SWEEP_TAG
 from runner.config import BenchmarkConfig
-from runner.export import write_report
-from runner.runs import RUN_COLUMNS, ExportError, MixedEnvironmentsError, load_runs
-from runner.table import (
+from runner.results import export, plots, runs
+from runner.results.export import write_report
+from runner.results.runs import RUN_COLUMNS, ExportError, MixedEnvironmentsError, load_runs
+from runner.results.table import (
     CI_COLUMN,
     CI_HIGH,
     CI_LOW,
@@ -549,6 +550,6 @@ def test_cli_exit_codes(produced: Produced, tmp_path: Path,
     assert "unknown extra column" in capsys.readouterr().err
     assert export.main(["--uri", uri, "--experiment", "nope"]) == 2
     assert "no experiment named 'nope'" in capsys.readouterr().err
-    proc = subprocess.run([sys.executable, "-m", "runner.export", "--help"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "runner.results.export", "--help"],
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--mix-environments" in proc.stdout

@@ -14,7 +14,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from runner.evaluate import STAT_NAMES
-from runner.table import COLUMNS
+from runner.results.table import COLUMNS
 
 TIMING = ("images_per_sec", "latency_mean_ms", "latency_median_ms", "latency_min_ms",
           "latency_max_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "total_time_s")

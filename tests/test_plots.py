@@ -1,4 +1,4 @@
-"""runner.plots: the timeline from samples.csv (phases from telemetry.json, else from the
+"""runner.results.plots: the timeline from samples.csv (phases from telemetry.json, else from the
 samples) and from the metric histories alone, the Pareto front (the report's figures on real
 runs are checked in tests/test_export.py)."""
 
@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from runner import plots
+from runner.results import plots
 from tests.conftest import check_png
 
 

@@ -1,11 +1,11 @@
-"""runner.runs: filters (from mappings, to MLflow search strings) and environment labels."""
+"""runner.results.runs: filters (from mappings, to MLflow search strings) and environment labels."""
 
 from __future__ import annotations
 
 import pytest
 
-from runner import runs
-from runner.runs import ExportError, Filters
+from runner.results import runs
+from runner.results.runs import ExportError, Filters
 
 
 def test_filters_from_mappings() -> None:

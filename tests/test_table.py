@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner import table
 from runner.evaluate import STAT_NAMES
+from runner.results import table
 
 SEED_TABLE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_table.md"
 

@@ -38,3 +38,60 @@ def test_resize_target_follows_policy_and_fixed_inputs() -> None:
     assert worker._resize_target(_cfg(), [1, 512, 512, 3]) == (512, 512)
     seed = _cfg("benchmark.input_policy=seed")
     assert worker._resize_target(seed, [1, None, None, 3]) == (256, 256)
+
+
+def _public_script_numbers(timings_s: np.ndarray) -> dict[str, float]:
+    """The six timing numbers as the public table's script computed them from its per-image
+    timings: the first 50 dropped, images/sec the mean of per-call rates, p99 'lower'."""
+    kept = timings_s[50:]
+    return {"images_per_sec": float(np.mean(1.0 / kept)),
+            "latency_p99_ms": float(np.percentile(kept * 1000, 99, method="lower")),
+            "total_time_s": float(np.sum(kept)),
+            "latency_mean_ms": float(np.mean(kept) * 1000),
+            "latency_median_ms": float(np.median(kept) * 1000),
+            "latency_min_ms": float(np.min(kept) * 1000)}
+
+
+def test_seed_policy_computes_the_public_scripts_timing_numbers(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    timings = 0.02 + rng.lognormal(-6, 1.0, 180)  # the first 50 are dropped
+    timings[:50] += 0.5  # slow first calls (warm-up): must not reach any statistic
+    got = worker.timing_metrics(timings[None, :], _cfg("benchmark.input_policy=seed"), {},
+                                tmp_path)
+    for name, value in _public_script_numbers(timings).items():
+        assert got[name] == value, name  # to the bit
+    assert got["count"] == 130 and got["timings_dropped"] == 50
+    assert got["images_per_sec_ci_low"] < got["images_per_sec"] < got["images_per_sec_ci_high"]
+    verdict = json.loads((tmp_path / "stability.json").read_text())
+    assert verdict["timing_method"] == worker.SEED_METHOD and "batch means" in verdict["interval"]
+    native = worker.timing_metrics(timings[None, :], _cfg(), {}, tmp_path)
+    assert native["count"] == 180 and native["images_per_sec"] == 180 / timings.sum()
+    assert json.loads((tmp_path / "stability.json").read_text())["timing_method"] == (
+        worker.NATIVE_METHOD)
+
+
+def test_seed_policy_refuses_fifty_images_or_fewer(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="drops the first 50.*only 50 images.*num_images > 50"):
+        worker.timing_metrics(np.full((1, 50), 0.01), _cfg("benchmark.input_policy=seed"), {},
+                              tmp_path)
+
+
+def test_seed_order_is_the_annotation_files(tmp_path: Path) -> None:
+    from runner import data
+
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": [{"id": 9}, {"id": 2}, {"id": 5}],
+                               "annotations": [], "categories": []}))
+    records = tuple(data.ImageRecord(i, tmp_path / f"{i}.jpg", 4, 4) for i in (2, 5, 9))
+    ordered = worker.seed_order(data.Dataset("d", "D", ann, records))
+    assert [r.image_id for r in ordered.images] == [9, 2, 5]
+
+
+def test_low_telemetry_coverage_marks_the_run_unstable(tmp_path: Path) -> None:
+    steady = np.array([[0.010, 0.010, 0.0101]])
+    got = worker.timing_metrics(steady, _cfg(), {"telemetry_coverage": 0.5}, tmp_path)
+    assert got["stable"] == 0.0
+    assert "telemetry coverage 0.50" in json.loads((tmp_path / "stability.json").read_text())[
+        "warning"]
+    assert worker.timing_metrics(steady, _cfg(), {"telemetry_coverage": 0.97},
+                                 tmp_path)["stable"] == 1.0

@@ -110,7 +110,7 @@ def test_centernet_mobilenetv2_pair_uses_the_tflite_signature_and_other_dirs() -
 
 def test_archive_url() -> None:
     archive = zoo.get("centernet_hg104").archive("1024x1024")
-    assert zoo.archive_url(archive) == ("http://download.tensorflow.org/models/object_detection/"
+    assert zoo.archive_url(archive) == ("https://download.tensorflow.org/models/object_detection/"
                                         "tf2/20200713/centernet_hg104_1024x1024_coco17_tpu-32.tar.gz")
     assert zoo.archive_url(zoo.get("ssd_mobilenet_v2").archive(), "http://127.0.0.1:9/z/") == (
         "http://127.0.0.1:9/z/20200711/ssd_mobilenet_v2_320x320_coco17_tpu-8.tar.gz")

@@ -1,7 +1,7 @@
 """Benchmark runs from any MLflow tracking store as a pandas DataFrame: which runs (filters),
 their tags, params and latest metrics, and whether they come from one environment.
 
-``load_runs(uri, filters)`` is what ``runner.export`` (the table, CSV and plots) and the sweep's
+``load_runs(uri, filters)`` is what ``runner.results.export`` (the table, CSV and plots) and the sweep's
 parent run (``runner.callbacks``) read.
 """
 
@@ -29,11 +29,17 @@ TAG_COLUMNS: dict[str, str] = {
     "tensorflow": "env.tensorflow",
     "cpu_model": "env.cpu_model",
     "error": "error",
+    "error_type": "error.type",
+    "error_message": "error.message",
     "parent_run_id": "mlflow.parentRunId",
+    "input_policy": "detbench.input_policy",
 }
+#: Param behind each column of :func:`load_runs` (the comparison with references needs them).
+PARAM_COLUMNS: dict[str, str] = {"num_images": "dataset.num_images", "repeats": "benchmark.repeats"}
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id", "run_name", "experiment_id", "experiment", "status", "start_time", "end_time",
-    *TAG_COLUMNS, "model_display", "precision_display", "artifact_uri", "tracking_uri",
+    *TAG_COLUMNS, *PARAM_COLUMNS, "model_display", "precision_display", "artifact_uri",
+    "tracking_uri",
 )
 SEARCH_PAGE = 1000
 
@@ -198,6 +204,7 @@ def _record(run: Any, experiments: Mapping[str, str], uri: str) -> dict[str, Any
         "start_time": info.start_time,
         "end_time": info.end_time,
         **{col: tags.get(tag) for col, tag in TAG_COLUMNS.items()},
+        **{col: params.get(name) for col, name in PARAM_COLUMNS.items()},
         "model_display": params.get("model.display_name") or tags.get("detbench.model"),
         "precision_display": (params.get("precision.display_name")
                               or tags.get("detbench.precision")),

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from runner import tracking
-from runner.table import CI_HIGH, CI_LOW, ENV_COLUMN
+from runner.results.table import CI_HIGH, CI_LOW, ENV_COLUMN
 from runner.tracking import resolve_uri
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runner import table
+from runner.results import table
 from runner.job import JobResult
 
 
@@ -40,15 +40,16 @@ def print_result(result: JobResult) -> None:
     else:
         print(f"\njob {result.status}: {result.error}")
     if result.pending_dir is not None:
-        print(f"NOT logged to {result.tracking_uri}: results kept in {result.pending_dir}; "
-              f"upload them with: python -m runner.sync {result.pending_dir}")
+        print(f"NOT logged to {result.tracking_uri} ({result.pending_reason}): results kept in "
+              f"{result.pending_dir}; upload them with: python -m runner.sync "
+              f"{result.pending_dir}")
         return
     print(f"MLflow run {result.run_id} ({result.status}) in {result.tracking_uri}")
-    if result.tracking_uri.startswith("sqlite:"):
-        print(f"  browse: make mlflow-ui, then open {result.ui_link}")
-    else:
+    if result.tracking_uri.startswith(("http://", "https://")):
         print(f"  browse: {result.ui_link}")
+    else:  # a local store has no server: the UI is `make mlflow-ui`'s, on UI_HOST
+        print(f"  browse: make mlflow-ui, then open {result.ui_link}")
     if result.experiment_id is not None:
         from runner.tracking import runs_table_link
 
-        print(f"  all runs: {runs_table_link(result.experiment_id)}")
+        print(f"  all runs: {runs_table_link(result.experiment_id, result.tracking_uri)}")

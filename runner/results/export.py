@@ -1,6 +1,6 @@
 """Export benchmark runs from any MLflow tracking store: the public table and its figures.
 
-``python -m runner.export [filters] [--out results/]`` writes ``table.md`` (exactly the public
+``python -m runner.results.export [filters] [--out results/]`` writes ``table.md`` (exactly the public
 table's columns, numbers formatted like it; failed runs as rows that say so, never zeros),
 ``table.csv`` (the same data with raw numbers, one row per run, plus run id / status /
 environment columns), ``latency_mean.png`` (the public table's figure), ``ap_vs_latency.png``
@@ -8,8 +8,8 @@ environment columns), ``latency_mean.png`` (the public table's figure), ``ap_vs_
 utilization and power over time instead. Runs from different environments (tag ``env.key``) are
 refused unless ``--mix-environments``, which labels each row with its environment.
 
-Data flow: ``runner.runs.load_runs`` (MLflow -> DataFrame) -> :func:`build_report` (the table's
-rows) -> :func:`write_report` (table.md, table.csv and the figures of ``runner.plots``).
+Data flow: ``runner.results.runs.load_runs`` (MLflow -> DataFrame) -> :func:`build_report` (the table's
+rows) -> :func:`write_report` (table.md, table.csv and the figures of ``runner.results.plots``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runner import backends, plots, table, tracking
-from runner.runs import METRIC_PREFIX, ExportError, Filters, check_environments, load_runs
-from runner.table import CI_COLUMN, CI_HIGH, CI_LOW, ENV_COLUMN
+from runner import backends, tracking
+from runner.results import plots, table
+from runner.results.runs import METRIC_PREFIX, ExportError, Filters, check_environments, load_runs
+from runner.results.table import CI_COLUMN, CI_HIGH, CI_LOW, ENV_COLUMN
 from runner.tracking import resolve_uri
 
 log = logging.getLogger(__name__)
@@ -118,11 +119,18 @@ def _metrics(run: pd.Series) -> dict[str, float]:
             if isinstance(k, str) and k.startswith(METRIC_PREFIX) and pd.notna(v)}
 
 
-def short_error(status: str, error: Any) -> str:
-    """A failed row's AP cell: ``failed: <first line of the error, shortened>``."""
+def short_error(status: str, error: Any, error_type: Any = None, message: Any = None) -> str:
+    """A failed row's AP cell: ``failed: <first line of the error, shortened>``; from the run's
+    error type and message (tags error.type / error.message) when it has them, else from the
+    ``Type: message`` text of older runs."""
     word = {"FAILED": "failed", "KILLED": "killed"}.get(status, status.lower())
-    text = error.strip().splitlines()[0].strip() if isinstance(error, str) and error.strip() else ""
-    text = _WRAPPERS.sub("", text)
+    if isinstance(message, str) and message.strip():
+        first = message.strip().splitlines()[0].strip()
+        text = f"{error_type}: {first}" if isinstance(error_type, str) and error_type else first
+    else:
+        text = (error.strip().splitlines()[0].strip() if isinstance(error, str) and error.strip()
+                else "")
+        text = _WRAPPERS.sub("", text)
     if len(text) > ERROR_CHARS:
         text = text[: ERROR_CHARS - 3].rstrip() + "..."
     return f"{word}: {text}" if text else word
@@ -198,7 +206,8 @@ def _row(run: pd.Series, extras: Sequence[str],
         scale = 100.0 if col in table.PERCENT_COLUMNS else 1.0
         raw[col] = metrics[metric] * scale if metric in metrics else math.nan
     if not finished:
-        row["AP"] = _cell(short_error(str(run["status"]), run["error"]))
+        row["AP"] = _cell(short_error(str(run["status"]), run["error"], run.get("error_type"),
+                                      run.get("error_message")))
     for name in extras:
         spec = EXTRAS[name]
         if spec.metric is None:  # ci
@@ -220,7 +229,7 @@ def _meta(run: pd.Series) -> dict[str, Any]:
 
 
 def _ci_bounds(runs: pd.DataFrame) -> dict[Any, tuple[float, float]]:
-    """Index -> 95 % bootstrap interval of images/sec: the logged metrics
+    """Index -> 95 % batch-means interval of images/sec: the logged metrics
     images_per_sec_ci_low/high if any, else from the run's latencies.csv."""
     out: dict[Any, tuple[float, float]] = {}
     for i, run in runs.iterrows():
@@ -235,12 +244,12 @@ def _ci_bounds(runs: pd.DataFrame) -> dict[Any, tuple[float, float]]:
 
 
 def _bootstrap_from_artifact(uri: str, run_id: str) -> tuple[float, float]:
-    from runner.stats import bootstrap_ci
+    from runner.stats import throughput_interval
 
     try:
         latencies = io.BytesIO(tracking.read_artifact(uri, run_id, "latencies.csv"))
         latencies_ms = pd.read_csv(latencies)["latency_ms"].to_numpy(dtype=np.float64)
-        return bootstrap_ci(latencies_ms / 1000.0, "throughput")
+        return throughput_interval(latencies_ms / 1000.0)
     except Exception as exc:  # noqa: BLE001 - one run's missing file must not stop the export
         log.warning("run %s: no throughput CI (%s: %s)", run_id, type(exc).__name__, exc)
         return math.nan, math.nan
@@ -269,7 +278,9 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, extra: str | Sequence[st
         path = plot(report.frame, out)
         if path is not None:
             written.append(path)
-    return written
+    from runner.results import compare  # against the published references (issue 16)
+
+    return written + compare.write_auto(df, out)
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -277,7 +288,7 @@ def write_report(df: pd.DataFrame, out_dir: str | Path, extra: str | Sequence[st
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m runner.export",
+        prog="python -m runner.results.export",
         description="Export detbench runs from MLflow: table.md, table.csv and plots.")
     p.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                  "sqlite:///mlflow.db)")
@@ -298,6 +309,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="allow runs of several environments, with an Environment column")
     p.add_argument("--timeline", action="append", default=[], metavar="RUN_ID",
                    help="only plot this run's timeline_<RUN_ID>.png (repeatable)")
+    p.add_argument("--compare", metavar="REF", help="compare with zoo, public, auto, a reference "
+                   ".csv or a run / sweep parent id: comparison.md, .csv, .png")
+    p.add_argument("--tolerance", help="box AP tolerance in points for --compare: 0.3, or "
+                   "native=0.3,seed=0.2 (the default)")
     return p
 
 
@@ -310,6 +325,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(plots.plot_timeline(args.uri, run_id, args.out))
             return 0
         extra = parse_extra(args.extra)
+        if args.compare:  # bad --compare / --tolerance refused before any run is read
+            from runner.results import compare
+
+            reference = compare.resolve(args.compare, args.uri)
+            tolerance = compare.parse_tolerance(args.tolerance)
         flt = Filters(experiments=tuple(args.experiment), parent=args.parent,
                       models=tuple(args.model), precisions=tuple(args.precision),
                       resolutions=tuple(args.resolution), env_keys=tuple(args.env_key),
@@ -318,11 +338,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if df.empty:
             print(f"detbench export: no run matches in {resolve_uri(args.uri)}", file=sys.stderr)
             return 1
-        paths = write_report(df, args.out, extra, args.mix_environments)
+        if args.compare:
+            paths = compare.main(df, reference, args.out, tolerance)
+        else:
+            paths = write_report(df, args.out, extra, args.mix_environments)
     except (ExportError, plots.NoSamplesError) as exc:
         print(f"detbench export: {exc}", file=sys.stderr)
         return 2
-    print(paths[0].read_text(), end="")
+    if not args.compare:
+        print(paths[0].read_text(), end="")
     print(f"\n{len(df)} runs from {resolve_uri(args.uri)}; wrote:")
     for path in paths:
         print(f"  {path}")
