@@ -187,14 +187,20 @@ class Agreement:
     confident: int
     any_class: int
     same_class: int
+    iou_sum: float = 0.0  # sum over confident detections of the best same-class IoU
 
     @property
-    def key(self) -> tuple[int, int]:
-        return self.same_class, self.any_class
+    def mean_iou(self) -> float:
+        return self.iou_sum / self.confident if self.confident else 0.0
+
+    @property
+    def key(self) -> tuple[int, float, int]:
+        return self.same_class, round(self.iou_sum, 6), self.any_class
 
 
 def agreement(dets: Sequence[Detections], truths: Sequence[Truth | None]) -> Agreement:
     confident = any_class = same_class = 0
+    iou_sum = 0.0
     for det, truth in zip(dets, truths, strict=True):
         if truth is None:
             continue
@@ -203,10 +209,13 @@ def agreement(dets: Sequence[Detections], truths: Sequence[Truth | None]) -> Agr
         confident += len(boxes)
         if not len(boxes) or not len(truth.boxes):
             continue
-        iou = _iou(boxes.astype(np.float64), truth.boxes) >= 0.5
+        overlap = _iou(boxes.astype(np.float64), truth.boxes)
+        same = classes[:, None] == truth.classes[None, :]
+        iou = overlap >= 0.5
         any_class += int(iou.any(axis=1).sum())
-        same_class += int((iou & (classes[:, None] == truth.classes[None, :])).any(axis=1).sum())
-    return Agreement(confident, any_class, same_class)
+        same_class += int((iou & same).any(axis=1).sum())
+        iou_sum += float(np.where(same, overlap, 0.0).max(axis=1).sum())
+    return Agreement(confident, any_class, same_class, iou_sum)
 
 
 @dataclass(frozen=True)
@@ -242,8 +251,11 @@ class Verdict:
                          f"class (IoU >= 0.5; {a.any_class} of any class)")
         if self.suggestion and self.suggestion_agreement is not None:
             b = self.suggestion_agreement
-            lines.append(f"read as {' '.join(self.suggestion)} the same outputs give "
-                         f"{b.same_class} of {b.confident} such matches: set those")
+            lines.append(f"{a.same_class} of {a.confident} confident detections of the first "
+                         f"images overlap their ground truth (mean IoU {a.mean_iou:.2f}); read "
+                         f"as {' '.join(self.suggestion)} the same outputs give "
+                         f"{b.same_class} of {b.confident} (mean IoU {b.mean_iou:.2f}): set "
+                         "those")
         else:
             named = sorted({s for f in self.findings if f.fatal for s in f.settings})
             hint = ", ".join(named) if named else (
@@ -255,8 +267,13 @@ class Verdict:
             " (model.output_checks=warn runs anyway)")
 
 
-def _score(findings: Sequence[Finding], agree: Agreement) -> tuple[int, int, int]:
+def _score(findings: Sequence[Finding], agree: Agreement) -> tuple[int, int, float, int]:
     return (-sum(f.fatal for f in findings), *agree.key)
+
+
+#: a reading of the outputs other than the configured one is proposed (and the job failed) when
+#: its confident detections overlap their ground truth by this much more IoU on average
+BETTER_IOU = 0.15
 
 
 def examine(reader: signatures.OutputReader, outputs: Sequence[Mapping[str, np.ndarray]],
@@ -276,21 +293,22 @@ def examine(reader: signatures.OutputReader, outputs: Sequence[Mapping[str, np.n
 
     findings, agree = evaluate(reader.parse)
     verdict = Verdict(tuple(findings), agree)
-    if not (verdict.fatal or verdict.nothing_matches) or not outputs:
+    if not outputs or not (verdict.fatal or agree.confident):
         return verdict
     current = reader.spec_for(outputs[0])
-    best: tuple[tuple[int, int, int], signatures.OutputSpec, Agreement] | None = None
+    best: tuple[tuple[int, int, float, int], signatures.OutputSpec, Agreement] | None = None
     for spec in signatures.variants(current, outputs[0]):
         try:
-            alt_findings, alt = evaluate(
-                lambda out, frame, spec=spec: signatures.read_parsed(out, spec, frame))
+            alt_findings, alt = evaluate(signatures.OutputReader("custom", spec).parse)
         except (signatures.OutputError, ValueError, IndexError):
             continue
         score = _score(alt_findings, alt)
         if best is None or score > best[0]:
             best = (score, spec, alt)
     if best is not None and best[0] > _score(findings, agree) and best[0][0] == 0 and (
-            best[2].same_class >= 0.5 * max(1, best[2].confident)):
+            best[2].same_class >= 0.5 * max(1, best[2].confident)) and (
+            verdict.fatal or verdict.nothing_matches
+            or best[2].mean_iou >= agree.mean_iou + BETTER_IOU):
         suggestion = signatures.overrides(best[1], reader.name, reader.spec)
         return Verdict(tuple(findings), agree, tuple(suggestion), best[2])
     return verdict
@@ -389,38 +407,47 @@ class OutputGuard:
         raise OutputCheckError(message)
 
 
-#: input conventions tried for a float model whose outputs match nothing
+#: input conventions tried for a float model whose outputs match nothing: value ranges, and the
+#: ImageNet mean / std of torchvision and Keras (in [0, 1] units; scaled to the range tried)
 INPUT_RANGES = ((0.0, 255.0), (0.0, 1.0), (-1.0, 1.0))
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+INPUT_SEARCH_IMAGES = 4
 
 
 def _input_fix(reader: signatures.OutputReader, predict: Callable[[Any], Mapping[str, Any]],
                reprepare: Callable[[Any], Sequence[Any]], spec: Any, truths: Sequence[Any],
                current: Agreement) -> tuple[tuple[str, ...], Agreement] | None:
-    """The input convention (value range, channel order, with or without the configured
-    normalization) under which the model's outputs fit the ground truth, as overrides."""
+    """The input convention (value range, channel order, the configured normalization, none, or
+    ImageNet's) under which the model's outputs fit the ground truth, as overrides. Runs at most
+    18 x INPUT_SEARCH_IMAGES untimed calls, only when the configured inputs match nothing."""
     from dataclasses import replace
 
-    best: tuple[tuple[int, int], tuple[str, ...], Agreement] | None = None
-    for low_high in INPUT_RANGES:
+    truths = truths[:INPUT_SEARCH_IMAGES]
+    best: tuple[tuple[int, float, int], tuple[str, ...], Agreement] | None = None
+    for low, high in INPUT_RANGES:
+        unit = 1.0 if high <= 1 else 255.0
+        imagenet = None if low < 0 else (tuple(round(v * unit, 4) for v in IMAGENET[0]),
+                                         tuple(round(v * unit, 4) for v in IMAGENET[1]))
         for order in ("rgb", "bgr"):
-            for normalize in ((spec.mean, spec.std), (None, None)):
-                candidate = replace(spec, value_range=low_high, channel_order=order,
-                                    mean=normalize[0], std=normalize[1])
+            for mean, std in {(spec.mean, spec.std), (None, None), imagenet or (None, None)}:
+                candidate = replace(spec, value_range=(low, high), channel_order=order,
+                                    mean=mean, std=std)
                 if candidate == spec:
                     continue
-                prepared = reprepare(candidate)
+                prepared = list(reprepare(candidate))[:INPUT_SEARCH_IMAGES]
                 dets = [reader.parse(predict(p.tensor), p.frame).detections for p in prepared]
                 agree = agreement(dets, truths)
                 if best is None or agree.key > best[0]:
-                    sets = [f"model.input_range=[{low_high[0]:g},{low_high[1]:g}]",
+                    sets = [f"model.input_range=[{low:g},{high:g}]",
                             f"model.channel_order={order}"]
-                    if normalize[0] is None and spec.mean is not None:
-                        sets.append("model.input_mean=null")
-                    if normalize[1] is None and spec.std is not None:
-                        sets.append("model.input_std=null")
+                    for name, value in (("input_mean", mean), ("input_std", std)):
+                        if value != getattr(spec, name[6:]):
+                            listed = "null" if value is None else (
+                                f"[{','.join(f'{v:g}' for v in value)}]")
+                            sets.append(f"model.{name}={listed}")
                     best = (agree.key, tuple(sets), agree)
-    if best is None or best[2].confident < 5 or best[0] <= current.key or (
-            best[2].same_class < 0.5 * best[2].confident):
+    if best is None or best[2].confident < 3 or (
+            best[2].same_class < 0.5 * best[2].confident) or best[0] <= current.key:
         return None
     return best[1], best[2]
 

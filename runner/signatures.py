@@ -270,8 +270,8 @@ def read_parsed(outputs: Outputs, spec: OutputSpec, frame: Frame | tuple[int, in
         if name == "keypoints":
             value = _read_keypoints(value, key, fmt, relative, spec, frame, outputs)
         extra[name] = value
-    det = Detections(boxes=normalized.astype(np.float32), classes=ids.astype(np.int64), scores=scores[keep],
-                     **extra)
+    det = Detections(boxes=normalized.astype(np.float32), classes=ids.astype(np.int64),
+                     scores=scores[keep], **extra)
     return Parsed(det, rows, num, int(n - keep.sum()), pixel)
 
 
@@ -295,7 +295,7 @@ ZOO_KEYPOINTS = OutputSpec(keys=ZOO_KEYS, keypoints_key="detection_keypoints",
 ZOO_MASKS = OutputSpec(keys=ZOO_KEYS, masks_key="detection_masks")
 
 
-def zoo_outputs(outputs: Outputs, input_hw: tuple[int, int] = (1, 1)) -> Detections:
+def zoo_outputs(outputs: Outputs, input_hw: Frame | tuple[int, int] = (1, 1)) -> Detections:
     """The TF2 Detection Model Zoo contract (exporter_lib_v2): batch 1, the first
     ``num_detections`` rows valid, normalized yx boxes, 1-based label-map ids == COCO ids."""
     return read(outputs, ZOO, input_hw)
@@ -327,7 +327,7 @@ def centernet_tflite_spec(outputs: Outputs) -> OutputSpec:
     )
 
 
-def centernet_tflite(outputs: Outputs, input_hw: tuple[int, int]) -> Detections:
+def centernet_tflite(outputs: Outputs, input_hw: Frame | tuple[int, int]) -> Detections:
     return read(outputs, centernet_tflite_spec(outputs), input_hw)
 
 
@@ -428,8 +428,10 @@ def variants(spec: OutputSpec, outputs: Outputs) -> list[OutputSpec]:
     info_key = spec.image_info_key or ("image_info" if "image_info" in outputs else None)
     if info_key and info_key in outputs:
         frames.append("image_info")
+    resizes = [spec.internal_resize]
     if spec.box_frame == "internal":
         frames.append("internal")
+        resizes = list(RESIZE_RULES)
     keysets = [dict(spec.keys)]
     if "classes" in spec.keys and "scores" in spec.keys:
         keysets.append({**spec.keys, "classes": spec.keys["scores"],
@@ -440,11 +442,12 @@ def variants(spec: OutputSpec, outputs: Outputs) -> list[OutputSpec]:
             for frame in frames:
                 for offset in (spec.class_offset, spec.class_offset + 1, spec.class_offset - 1):
                     for class_map in CLASS_MAPS:
-                        out.append(replace(spec, keys=keys, box_format=fmt, box_order="yx",
-                                           box_frame=frame, class_offset=offset,
-                                           class_map=class_map, image_info_key=(
-                                               info_key if frame == "image_info"
-                                               else spec.image_info_key)))
+                        for rule in resizes if frame == "internal" else [spec.internal_resize]:
+                            out.append(replace(
+                                spec, keys=keys, box_format=fmt, box_order="yx",
+                                box_frame=frame, class_offset=offset, class_map=class_map,
+                                internal_resize=rule, image_info_key=(
+                                    info_key if frame == "image_info" else spec.image_info_key)))
     return out
 
 

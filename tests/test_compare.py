@@ -23,15 +23,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from runner import export, zoo
+from runner import zoo
 from runner.callbacks import PARENT_ENV, SWEEP_TAG
 from runner.evaluate import STAT_NAMES
-from runner.results import compare, references
+from runner.results import compare, export, references
 from runner.results.references import VALUE_COLUMNS
-from runner.runs import ExportError, load_runs
-from runner.table import COLUMNS
+from runner.results.runs import ExportError, load_runs
+from runner.results.table import COLUMNS
 from tests.conftest import ROOT, check_png
 
 #: The reference documents beside the checkout (../shared/reference), or where
@@ -123,16 +124,12 @@ def test_shipped_references_equal_the_shared_documents() -> None:
 
 @dataclass
 class Store:
+    """One experiment of the module's SQLite store (a new store costs about 9 s here)."""
+
     uri: str
     client: MlflowClient
     experiment: str
-
-    @classmethod
-    def new(cls, path: Path) -> Store:
-        uri = f"sqlite:///{path / 'store.db'}"
-        client = MlflowClient(uri)
-        return cls(uri, client, client.create_experiment("constructed",
-                                                         artifact_location=str(path / "art")))
+    name: str
 
     def parent(self, name: str) -> str:
         return str(self.client.create_run(self.experiment, run_name=name,
@@ -156,10 +153,9 @@ class Store:
         run_id = self.client.create_run(self.experiment, run_name=f"{model}@{resolution}",
                                         tags=tags).info.run_id
         display = zoo.get(model).display_name if model in zoo.MODELS else model
-        for k, v in {"model.display_name": display, "precision.display_name": precision,
-                     "dataset.num_images": str(asked) if asked else "None",
-                     "benchmark.repeats": "1"}.items():
-            self.client.log_param(run_id, k, v)
+        params = {"model.display_name": display, "precision.display_name": precision,
+                  "dataset.num_images": str(asked) if asked else "None", "benchmark.repeats": "1"}
+        metrics: dict[str, float] = {}
         if ap is not None:
             per_sec, mean_rates = rates or (1000.0 / latency_ms, 1000.0 / latency_ms)
             metrics = {f"bbox.{s}": ap / 100.0 for s in STAT_NAMES}
@@ -168,10 +164,28 @@ class Store:
                         "latency_mean_ms": latency_ms, "latency_median_ms": latency_ms,
                         "latency_min_ms": latency_ms * 0.9, "latency_p99_ms": latency_ms * 1.2,
                         "total_time_s": latency_ms * images / 1000.0}
-            for k, v in metrics.items():
-                self.client.log_metric(run_id, k, v)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+                              params=[Param(k, v) for k, v in params.items()])
         self.client.set_terminated(run_id, "FAILED" if error else "FINISHED")
         return str(run_id)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("constructed")
+
+
+@pytest.fixture
+def store(store_path: Path, request: pytest.FixtureRequest) -> Store:
+    """A fresh experiment named after the test, in the module's store."""
+    return _experiment(store_path, request.node.name)
+
+
+def _experiment(path: Path, name: str) -> Store:
+    uri = f"sqlite:///{path / 'store.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(name, artifact_location=str(path / name))
+    return Store(uri, client, experiment, name)
 
 
 def _published(name: str, model: str, resolution: str, column: str = "AP") -> float:
@@ -186,7 +200,8 @@ def _export(store: Store, out: Path, *args: str) -> tuple[int, str]:
 
     buf, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
-        rc = export.main(["--uri", store.uri, "--out", str(out), *args])
+        rc = export.main(["--uri", store.uri, "--experiment", store.name, "--out", str(out),
+                          *args])
     return rc, buf.getvalue() + err.getvalue()
 
 
@@ -195,8 +210,7 @@ def _verdicts(out: Path) -> dict[str, pd.Series]:
     return {row["run_id"]: row for _, row in frame.iterrows()}
 
 
-def test_zoo_within_and_outside_tolerance(tmp_path: Path) -> None:
-    store = Store.new(tmp_path)
+def test_zoo_within_and_outside_tolerance(store: Store, tmp_path: Path) -> None:
     d0 = _published("zoo", "efficientdet_d0", "512x512")
     ssd = _published("zoo", "ssd_mobilenet_v2", "320x320")
     frcnn = _published("zoo", "faster_rcnn_resnet50_v1", "640x640")
@@ -224,7 +238,7 @@ def test_zoo_within_and_outside_tolerance(tmp_path: Path) -> None:
     table = (tmp_path / "out" / "comparison.md").read_text()
     assert "reproduced: \\|+0.25\\| <= 0.3" in table and "OUTSIDE: \\|-0.50\\| > 0.3" in table
     assert table.count("| measured ") == 3 and table.count("| difference ") == 3
-    check_png(tmp_path / "out" / "comparison.png", (1500, 600))
+    check_png(tmp_path / "out" / "comparison.png", (1800, 600))
 
     rc, _ = _export(store, tmp_path / "strict", "--compare", "zoo", "--tolerance", "0.2")
     assert rc == 0 and _verdicts(tmp_path / "strict")[within]["verdict"] == "outside"
@@ -234,8 +248,7 @@ def test_zoo_within_and_outside_tolerance(tmp_path: Path) -> None:
     assert loose[outside]["tolerance"] == 0.6
 
 
-def test_subset_runs_are_labelled_and_never_reproduced(tmp_path: Path) -> None:
-    store = Store.new(tmp_path)
+def test_subset_runs_are_labelled_and_never_reproduced(store: Store, tmp_path: Path) -> None:
     d0 = _published("public", "efficientdet_d0", "512x512")
     subset = store.run("efficientdet_d0", "512x512", d0, policy="seed", images=500, asked=500)
     rc, printed = _export(store, tmp_path / "out", "--compare", "public")
@@ -248,8 +261,7 @@ def test_subset_runs_are_labelled_and_never_reproduced(tmp_path: Path) -> None:
                                                                  "512x512", "AP50"))
 
 
-def test_failed_rows_on_either_side(tmp_path: Path) -> None:
-    store = Store.new(tmp_path)
+def test_failed_rows_on_either_side(store: Store, tmp_path: Path) -> None:
     failed = store.run("efficientdet_d1", "640x640", None, policy="seed",
                        error="JobFailed: ResourceExhaustedError: OOM when allocating")
     there = store.run("centernet_mobilenetv2_fpn", "512x512", 22.0, policy="seed")
@@ -266,8 +278,8 @@ def test_failed_rows_on_either_side(tmp_path: Path) -> None:
     assert "0.00 |" not in table.split("CenterNet MobileNetV2 FPN", 1)[1].splitlines()[1]
 
 
-def test_public_images_per_sec_is_held_against_the_mean_of_rates(tmp_path: Path) -> None:
-    store = Store.new(tmp_path)
+def test_public_images_per_sec_is_held_against_the_mean_of_rates(store: Store,
+                                                                 tmp_path: Path) -> None:
     ref_rate = _published("public", "ssd_mobilenet_v2", "320x320", "images/sec")
     run = store.run("ssd_mobilenet_v2", "320x320", 20.0, policy="seed",
                     rates=(ref_rate * 3.0, ref_rate * 2.0))
@@ -276,27 +288,28 @@ def test_public_images_per_sec_is_held_against_the_mean_of_rates(tmp_path: Path)
     assert "images_per_sec_mean_of_rates" in (tmp_path / "p" / "comparison.md").read_text()
 
 
-def test_make_table_compares_each_run_with_the_reference_of_its_policy(tmp_path: Path) -> None:
-    store = Store.new(tmp_path)
+def test_make_table_compares_each_run_with_the_reference_of_its_policy(store: Store,
+                                                                       tmp_path: Path) -> None:
     native = store.run("efficientdet_d0", "512x512", _published("zoo", "efficientdet_d0",
                                                                 "512x512"))
     seed = store.run("efficientdet_d0", "512x512", _published("public", "efficientdet_d0",
                                                               "512x512") + 0.1, policy="seed")
-    paths = export.write_report(load_runs(store.uri), tmp_path / "t")
+    paths = export.write_report(load_runs(store.uri, {"experiments": store.name}),
+                                tmp_path / "t")
     assert {"comparison.md", "comparison.csv", "comparison.png"} <= {p.name for p in paths}
     rows = _verdicts(tmp_path / "t")
     assert rows[native]["reference"] == "zoo" and rows[seed]["reference"] == "public"
     assert rows[native]["verdict"] == rows[seed]["verdict"] == "reproduced"
-    check_png(tmp_path / "t" / "comparison.png", (1500, 600))
+    check_png(tmp_path / "t" / "comparison.png", (1800, 600))
     # runs no reference knows: the table alone, no comparison files
-    other = Store.new(tmp_path / "other")
+    other = _experiment(Path(store.uri.removeprefix("sqlite:///")).parent, f"{store.name}-o")
     other.run("demo", "256x256", 70.0)
-    names = {p.name for p in export.write_report(load_runs(other.uri), tmp_path / "o")}
+    names = {p.name for p in export.write_report(load_runs(other.uri, {"experiments": other.name}),
+                                                 tmp_path / "o")}
     assert names.isdisjoint({"comparison.md", "comparison.png"})
 
 
-def test_sweep_against_sweep_in_two_environments(tmp_path: Path) -> None:
-    store = Store.new(tmp_path)
+def test_sweep_against_sweep_in_two_environments(store: Store, tmp_path: Path) -> None:
     old_env, new_env = ("k1", "Tesla P100", "2.4.1"), ("k2", "NVIDIA H100", "2.17.0")
     before, after = store.parent("sweep before"), store.parent("sweep after")
     store.run("efficientdet_d0", "512x512", 33.0, parent=before, env=old_env, latency_ms=100.0)
@@ -329,8 +342,8 @@ def test_sweep_against_sweep_in_two_environments(tmp_path: Path) -> None:
     assert rc == 2 and "every selected run is part of the reference" in printed
 
 
-def test_sweep_parent_gets_summary_metrics_and_children_their_differences(tmp_path: Path) -> None:
-    store = Store.new(tmp_path)
+def test_sweep_parent_gets_summary_metrics_and_children_their_differences(store: Store,
+                                                                          tmp_path: Path) -> None:
     parent = store.parent("sweep")
     d0 = _published("zoo", "efficientdet_d0", "512x512")
     ok = store.run("efficientdet_d0", "512x512", d0 - 0.2, parent=parent)
@@ -355,8 +368,7 @@ def test_sweep_parent_gets_summary_metrics_and_children_their_differences(tmp_pa
     assert {"comparison.md", "comparison.csv", "comparison.png"} <= artifacts
 
 
-def test_bad_compare_input_is_refused_with_the_choices(tmp_path: Path) -> None:
-    store = Store.new(tmp_path)
+def test_bad_compare_input_is_refused_with_the_choices(store: Store, tmp_path: Path) -> None:
     store.run("efficientdet_d0", "512x512", 30.0)
     rc, printed = _export(store, tmp_path / "a", "--compare", "zoo2")
     assert rc == 2 and "--compare 'zoo2' is not valid; choices: zoo, public, auto" in printed
@@ -422,7 +434,8 @@ def demo_sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Ite
     env |= {"DETBENCH_CACHE": str(cache_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
             "MLFLOW_TRACKING_URI": uri}
     cmd = [sys.executable, "-m", "runner", "-m", "dataset.num_images=null,8",
-           "benchmark.warmup=2", f"tracking.uri={uri}", f"hydra.sweep.dir={base / 'multi'}",
+           "benchmark.warmup=2", "benchmark.isolate=false", f"tracking.uri={uri}",
+           f"hydra.sweep.dir={base / 'multi'}",
            CALLBACK, f"++hydra.callbacks.sweep_parent.compare={reference}"]
     done = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True,
                           timeout=RUNNER_TIMEOUT_S, check=False)
@@ -473,4 +486,4 @@ def test_demo_cli_comparison_with_its_reference_file(demo_sweep: DemoSweep, tmp_
     full = rows[demo_sweep.children[0]]
     assert full["verdict"] == "reproduced" and full["images"] == 200
     assert full["ref AP"] == demo_sweep.figures["AP"]
-    check_png(out / "comparison.png", (1500, 600))
+    check_png(out / "comparison.png", (1800, 600))

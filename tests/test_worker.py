@@ -34,10 +34,12 @@ def test_noisy_or_throttled_timings_are_flagged(tmp_path: Path) -> None:
 
 
 def test_resize_target_follows_policy_and_fixed_inputs() -> None:
-    assert worker._resize_target(_cfg(), [1, None, None, 3]) is None
-    assert worker._resize_target(_cfg(), [1, 512, 512, 3]) == (512, 512)
+    from runner import data
+
+    assert data.input_spec(_cfg(), [1, None, None, 3], "uint8").size is None
+    assert data.input_spec(_cfg(), [1, 512, 512, 3], "uint8").size == (512, 512)
     seed = _cfg("benchmark.input_policy=seed")
-    assert worker._resize_target(seed, [1, None, None, 3]) == (256, 256)
+    assert data.input_spec(seed, [1, None, None, 3], "uint8").size == (256, 256)
 
 
 def _public_script_numbers(timings_s: np.ndarray) -> dict[str, float]:

@@ -12,7 +12,7 @@ differ between the two sides: input policy, precision, TensorFlow version, datas
 dataset``, ``failed`` (the measured run), ``failed there`` (the reference row: the public table's
 all-zero rows), ``no reference``.
 
-``python -m runner.export --compare zoo|public|auto|FILE.csv|RUN_OR_PARENT_ID`` prints the
+``python -m runner.results.export --compare zoo|public|auto|FILE.csv|RUN_OR_PARENT_ID`` prints the
 comparison and writes comparison.md, comparison.csv and comparison.png (``auto``: each run
 against the reference of its input policy, the zoo for ``native``, the public table for
 ``seed``). A sweep's parent run gets the same files and ``compare.*`` summary metrics, each child
@@ -32,8 +32,8 @@ import pandas as pd
 
 from runner.results import references
 from runner.results.references import KP_COLUMN, MASK_COLUMN, VALUE_COLUMNS, Reference
-from runner.runs import ExportError, Filters, environment_labels, load_runs
-from runner.table import COLUMNS, PERCENT_COLUMNS, markdown
+from runner.results.runs import ExportError, Filters, environment_labels, load_runs
+from runner.results.table import COLUMNS, PERCENT_COLUMNS, markdown
 
 #: ``auto``: the reference of each run's input policy.
 AUTO = "auto"
@@ -448,7 +448,7 @@ def log_to_runs(uri: str | None, parent_run_id: str, children: pd.DataFrame,
 
 def main(df: pd.DataFrame, reference: Reference | str, out_dir: str | Path,
          tolerance: Mapping[str, float] | float | None = None) -> list[Path]:
-    """``python -m runner.export --compare REF`` (``reference`` from :func:`resolve`): the
+    """``python -m runner.results.export --compare REF`` (``reference`` from :func:`resolve`): the
     measured runs, those of a reference run or sweep left out, against it; prints the header and
     the table, returns the files written."""
     if isinstance(reference, Reference):

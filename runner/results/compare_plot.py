@@ -14,21 +14,21 @@ if TYPE_CHECKING:
     from runner.results.compare import Comparison
 
 DPI = 100
-WIDTH_IN = 15.0
+WIDTH_IN = 18.0
 #: Marker colour of each verdict (matplotlib's tab palette).
 TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.67, 1.0, 1.5, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 COLOURS = {"reproduced": "tab:green", "outside": "tab:red", "subset": "tab:orange",
            "other dataset": "tab:purple"}
 
 
-def _labels(frame: pd.DataFrame) -> list[str]:
-    """"Model Input" (+ precision, + images scored where the rows differ in them)."""
+def _labels(frame: pd.DataFrame, statuses: list[str]) -> list[str]:
+    """"Model Input" (+ precision where the rows have several, + the images of a subset)."""
     several = frame["precision"].nunique() > 1
-    images = frame["images"].nunique() > 1
     labels = [f"{m} {r}" + (f" {p}" if several else "")
-              + (f" [{int(n)} img]" if images and pd.notna(n) else "")
-              for m, r, p, n in zip(frame["display_name"], frame["resolution"], frame["precision"],
-                                    frame["images"], strict=True)]
+              + (f" [{int(n)} img]" if status == "subset" and pd.notna(n) else "")
+              for m, r, p, n, status in zip(frame["display_name"], frame["resolution"],
+                                            frame["precision"], frame["images"], statuses,
+                                            strict=True)]
     counts = pd.Series(labels).value_counts()
     return [f"{lab} ({str(rid)[:6]})" if counts[lab] > 1 else lab
             for lab, rid in zip(labels, frame["run_id"], strict=True)]
@@ -40,17 +40,19 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
     from matplotlib.figure import Figure
 
     matplotlib.rcParams["axes.formatter.useoffset"] = False
-    frame = comparison.frame.assign(label=_labels(comparison.frame),
-                                    verdict=[v.status for v in comparison.verdicts],
+    statuses = [v.status for v in comparison.verdicts]
+    frame = comparison.frame.assign(label=_labels(comparison.frame, statuses),
+                                    verdict=statuses,
                                     tol=[v.tolerance for v in comparison.verdicts])
     ap = frame[frame["AP"].notna() & frame["ref AP"].notna()]
     ratio = frame[frame["diff latency_mean(ms)"].notna()].sort_values("diff latency_mean(ms)")
     if ap.empty and ratio.empty:
         return None
-    height = float(min(40.0, max(6.0, 1.5 + 0.3 * len(ratio))))
+    height = float(min(40.0, max(6.0, 1.5 + 0.3 * max(len(ratio), len(ap)))))
     fig = Figure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
-    left, right = fig.subplots(1, 2, width_ratios=[1.0, 1.1])
+    left, middle, right = fig.subplots(1, 3, width_ratios=[1.0, 1.0, 1.0])
     _ap_panel(left, ap)
+    _diff_panel(middle, ap.assign(diff=ap["AP"] - ap["ref AP"]).sort_values("diff"))
     _ratio_panel(right, ratio)
     refs = ", ".join(comparison.references) or "none"
     fig.suptitle(f"Measured vs reference ({refs}); measured on {comparison.measured_header}",
@@ -61,6 +63,7 @@ def plot(comparison: Comparison, path: Path) -> Path | None:
 
 def _ap_panel(ax: Any, ap: pd.DataFrame) -> None:
     ax.set_title("Box AP: measured vs reference (identity line, tolerance band)", fontsize=10)
+    # rows are named in the difference panel beside it: labels here would overlap
     ax.set_xlabel("reference AP (x100)")
     ax.set_ylabel("measured AP (x100)")
     if ap.empty:
@@ -78,20 +81,38 @@ def _ap_panel(ax: Any, ap: pd.DataFrame) -> None:
     for status, group in ap.groupby("verdict", sort=False):
         ax.scatter(group["ref AP"], group["AP"], s=36, zorder=3,
                    color=COLOURS.get(str(status), "tab:gray"), label=str(status))
-    if len(ap) <= 45:
-        for _, row in ap.iterrows():
-            ax.annotate(f"{row['label']} ({row['AP'] - row['ref AP']:+.2f})",
-                        (row["ref AP"], row["AP"]), textcoords="offset points", xytext=(4, 3),
-                        fontsize=7)
     ax.set_xlim(low, high)
     ax.set_ylim(low, high)
-    ax.set_aspect("equal", adjustable="box")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
 
 
+def _diff_panel(ax: Any, ap: pd.DataFrame) -> None:
+    ax.set_title("Box AP difference, measured - reference (points)", fontsize=10)
+    if ap.empty:
+        ax.text(0.5, 0.5, "no row with both box APs", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_yticks([])
+        return
+    positions = list(range(len(ap)))
+    colours = [COLOURS.get(str(s), "tab:gray") for s in ap["verdict"]]
+    ax.barh(positions, ap["diff"], color=colours, height=0.7)
+    for tol in sorted(set(ap["tol"].dropna())):
+        ax.axvspan(-tol, tol, color="tab:green", alpha=0.15, linewidth=0)
+    ax.axvline(0.0, color="black", linewidth=1)
+    ax.set_yticks(positions, list(ap["label"]), fontsize=8)
+    for pos, value in zip(positions, ap["diff"], strict=True):
+        ax.annotate(f"{value:+.2f}", (value, pos), textcoords="offset points",
+                    xytext=(3 if value >= 0 else -3, 0), ha="left" if value >= 0 else "right",
+                    va="center", fontsize=7)
+    reach = max(float(ap["diff"].abs().max()), float(ap["tol"].max()), 0.1) * 1.35
+    ax.set_xlim(-reach, reach)
+    ax.set_xlabel("AP points (green band: within the tolerance)")
+    ax.grid(True, axis="x", alpha=0.3)
+
+
 def _ratio_panel(ax: Any, ratio: pd.DataFrame) -> None:
-    ax.set_title("Latency mean, measured / reference (log scale; < 1: faster here)", fontsize=10)
+    ax.set_title("Latency mean ratio, measured / reference", fontsize=10)
     if ratio.empty:
         ax.text(0.5, 0.5, "no row with both latencies", ha="center", va="center",
                 transform=ax.transAxes)
@@ -100,7 +121,7 @@ def _ratio_panel(ax: Any, ratio: pd.DataFrame) -> None:
     values = ratio["diff latency_mean(ms)"].to_numpy(dtype=float)
     colours = ["tab:blue" if v <= 1 else "tab:red" for v in values]
     positions = range(len(values))
-    ax.barh(list(positions), values, color=colours, height=0.7)
+    ax.barh(list(positions), values - 1.0, left=1.0, color=colours, height=0.7)  # from 1
     ax.set_yticks(list(positions), list(ratio["label"]), fontsize=8)
     ax.set_xscale("log")
     ax.axvline(1.0, color="black", linewidth=1)
@@ -114,5 +135,6 @@ def _ratio_panel(ax: Any, ratio: pd.DataFrame) -> None:
         ax.annotate(f"x{value:.2f}", (value, pos), textcoords="offset points",
                     xytext=(3 if value >= 1 else -3, 0), ha="left" if value >= 1 else "right",
                     va="center", fontsize=7)
-    ax.set_xlabel("ratio (reference: " + ", ".join(sorted(set(ratio["reference"]))) + ")")
+    ax.set_xlabel("log scale, < 1: faster here (reference: "
+                  + ", ".join(sorted(set(ratio["reference"]))) + ")")
     ax.grid(True, axis="x", alpha=0.3)

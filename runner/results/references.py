@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from runner.runs import METRIC_PREFIX, ExportError
-from runner.table import COLUMNS, METRIC_OF_COLUMN, PERCENT_COLUMNS
+from runner.results.runs import METRIC_PREFIX, ExportError
+from runner.results.table import COLUMNS, METRIC_OF_COLUMN, PERCENT_COLUMNS
 
 #: The references shipped with the package: ``--compare NAME``.
 SHIPPED: dict[str, str] = {"zoo": "zoo.csv", "public": "public_table.csv"}
@@ -182,7 +182,7 @@ def images_scored(run: pd.Series) -> float:
 
 
 def run_rows(df: pd.DataFrame, rate_metric: str = DEFAULT_RATE_METRIC) -> pd.DataFrame:
-    """Runs (as from ``runner.runs.load_runs``) as comparison rows: the key columns, status,
+    """Runs (as from ``runner.results.runs.load_runs``) as comparison rows: the key columns, status,
     the :data:`VALUE_COLUMNS` in the table's units (COCO x100), and what verdicts need
     (input policy, dataset, images scored, TensorFlow, environment); ``images/sec`` is
     ``rate_metric``, and each of :data:`RATE_METRICS` is kept as ``rate:<metric>``."""
