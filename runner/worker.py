@@ -197,9 +197,13 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
                 backend.check_executed(tensors[0])  # what ran, e.g. that AMP fired
                 jobdir.write_json(job_dir / jobdir.BACKEND, backend.describe())
                 first = chunk[:checks.FIRST_CALLS]
-                adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS],
-                                    lambda s, f=first: _in_format(backend, data.prepare(
-                                        f, spec=s, progress=False)), inputs)
+
+                def reprepare(s: data.InputSpec, f: Sequence[data.ImageRecord] = first
+                              ) -> list[data.PreparedImage]:
+                    return _in_format(backend, data.prepare(f, spec=s, progress=False))
+
+                adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS], reprepare,
+                                    inputs)
                 sampler.mark_phase("warmup")
                 start = time.perf_counter()
                 # the seed policy's warm-up is its first 50 timed calls, dropped afterwards
