@@ -23,6 +23,7 @@ CHECKS: dict[str, tuple[str, ...]] = {
                    "after_last_timed_call_adds_up"),
     "input_prep": ("prepared_shapes",),
     "latency_store": ("log_holds_the_latencies", "sigkilled_child_keeps_its_latencies"),
+    "runtimes": ("all_converted", "fp32_keeps_ap", "smaller_files"),
 }
 #: script -> the timing targets it must report (met or missed: quick runs are too short to judge)
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -34,6 +35,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "fixed_cost": ("before_ceiling", "after_ceiling"),
     "input_prep": ("prepare_faster_than_inference",),
     "latency_store": ("log.added_ns_per_call",),
+    "runtimes": ("int8_faster",),
 }
 
 
