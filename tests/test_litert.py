@@ -45,6 +45,7 @@ def _runs(uri: str) -> dict[str, Any]:
             if "detbench.precision" in r.data.tags}
 
 
+@pytest.mark.timeout(1200)  # four conversions of ~20 s each on 2 shared cores, five jobs
 def test_every_litert_mode_converts_times_and_keeps_ap(tmp_path: Path, lite_model: Path,
                                                         cache_dir: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -56,7 +57,7 @@ def test_every_litert_mode_converts_times_and_keeps_ap(tmp_path: Path, lite_mode
            "precision.litert.num_threads=1", "benchmark.warmup=2", "benchmark.telemetry=false",
            "benchmark.isolate=false"]
     proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=1100)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     runs = _runs(uri)
     native = runs["fp32"]
