@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = ["fp32"] + sorted(p.stem for p in (common.ROOT / "conf" / "precision").glob("*.yaml")
                               if p.stem.startswith(RUNTIME_PREFIXES))
     if args.quick:  # a conversion takes ~20 s on 2 loaded cores: one float, one calibrated
-        names = [n for n in names if n in QUICK or not n.startswith("litert_")]
+        names = [n for n in names if n in QUICK]
     with tempfile.TemporaryDirectory(prefix="detbench-runtimes-") as tmp:
         root = Path(tmp)
         model = lite.export(root / "demo_lite")

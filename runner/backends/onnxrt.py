@@ -63,7 +63,9 @@ def check_available(cfg: OnnxConfig) -> dict[str, str]:
             f"{ort.__version__} here offers {here} (CUDA/TensorRT providers need "
             "onnxruntime-gpu and an NVIDIA GPU)")
     return {"onnxruntime": ort.__version__, "tf2onnx": _version("tf2onnx"),
-            "onnx": _version("onnx"), "tensorflow": _version("tensorflow")}
+            "onnx": _version("onnx"),
+            "tensorflow": _version("tensorflow") if _version("tensorflow") != "none"
+            else _version("tensorflow-cpu")}
 
 
 def convert(source: Path, target: Path, signature: str, input_name: str, dtype: str,
@@ -71,7 +73,8 @@ def convert(source: Path, target: Path, signature: str, input_name: str, dtype: 
     import tensorflow as tf
     import tf2onnx
 
-    fn = tf.saved_model.load(str(source)).signatures[signature]
+    loaded = tf.saved_model.load(str(source))  # kept: the function needs its variables
+    fn = loaded.signatures[signature]
     spec = (tf.TensorSpec(shape, dtype, name=input_name),)
     serve = tf.function(lambda x: fn(**{input_name: x}), input_signature=spec)
     tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
