@@ -48,8 +48,8 @@ def test_a_dummy_backend_plugs_in_without_touching_the_orchestrator(tmp_path: Pa
 
 
 def test_unknown_backend_names_the_registered_ones() -> None:
-    cfg = config.to_object(compose_job(["precision.backend=onnx"]))
-    with pytest.raises(ConfigError, match=r"precision.backend='onnx' is not valid; choose one "
+    cfg = config.to_object(compose_job(["precision.backend=coreml"]))
+    with pytest.raises(ConfigError, match=r"precision.backend='coreml' is not valid; choose one "
                                           r"of: native, tftrt, litert, onnx, openvino"):
         config.validate(cfg)
 
