@@ -10,19 +10,23 @@ MLFLOW_URI ?= sqlite:///mlflow.db
 MLFLOW_PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install bench test lint mlflow-ui table sync perf train-demo clean
+.PHONY: help install lock bench test lint mlflow-ui table sync perf train-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(TF_EXTRA),dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(TF_EXTRA),dev]"
 	touch $@
 
-install: $(VENV)/.installed ## Create .venv and install the project with TensorFlow and dev tools
+install: $(VENV)/.installed ## Create .venv and install the project, versions pinned by constraints.txt
+
+lock: ## Refresh constraints.txt from the versions installed in .venv (then commit it)
+	$(PY) scripts/lock.py $(TF_EXTRA) dev > constraints.txt.new && mv constraints.txt.new constraints.txt
+	@echo "constraints.txt: $$(grep -c '==' constraints.txt) pinned packages"
 
 bench: install ## Run one benchmark job (python -m runner $(ARGS)); e.g. make bench ARGS="benchmark.warmup=10"
 	$(PY) -m runner $(ARGS)
@@ -31,11 +35,11 @@ test: install ## Run the test suite
 	$(PY) -m pytest $(ARGS)
 
 lint: install ## ruff and mypy
-	$(VENV)/bin/ruff check runner tests benchmarks
+	$(VENV)/bin/ruff check runner tests benchmarks scripts
 	$(VENV)/bin/mypy
 
 mlflow-ui: install ## Open the MLflow UI on the local store (http://127.0.0.1:$(MLFLOW_PORT))
-	@echo "runs table: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments/1/runs?workflowType=machine_learning"
+	@echo "runs table: http://127.0.0.1:$(MLFLOW_PORT)/#/experiments/1/runs?workflowType=machine_learning&viewStateShareKey=detbench"
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_URI) --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 table: install ## Export MLflow runs to results/ (table.md, table.csv, plots); e.g. make table ARGS="--parent RUN_ID --extra p90,ci"

@@ -33,7 +33,32 @@ sys.argv[1:] = config.rewrite_resolution_args(
 log = logging.getLogger("runner")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def config_path() -> str:
+    """The configs: the checkout's top-level ``conf/`` when there is one (the source), else the
+    copy an installed wheel carries as the package ``runner.conf`` (setup.py)."""
+    from pathlib import Path
+
+    checkout = Path(__file__).resolve().parent.parent / "conf" / "config.yaml"
+    return "../conf" if checkout.is_file() else "pkg://runner.conf"
+
+
+def version_text() -> str:
+    """``detbench 0.1.0, commit abc123 (python 3.11.7)``: the package and the checkout."""
+    from importlib import metadata
+    from pathlib import Path
+
+    from runner.environment import git_commit
+
+    try:
+        version = metadata.version("detbench")
+    except metadata.PackageNotFoundError:
+        version = "unknown (not installed)"
+    commit = git_commit(Path(__file__).resolve().parent.parent)
+    where = f", commit {commit}" if commit != "unknown" else ""
+    return f"detbench {version}{where} (python {sys.version.split()[0]})"
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="config")
 def main(cfg: DictConfig) -> dict[str, str | None]:
     from pathlib import Path
 
@@ -82,6 +107,9 @@ def cli() -> None:
     128 + signal after the runs in flight ended KILLED."""
     from runner import signals
 
+    if sys.argv[1:2] in (["--version"], ["-V"]):  # everything else: Hydra's (--help, -sc, -m)
+        print(version_text())
+        return
     signals.install()
     try:
         main()

@@ -319,7 +319,7 @@ def _stream(response: IO[bytes], part: Path, mode: str, digest: hashlib._Hash, o
     try:
         with part.open(mode) as out, tqdm(total=total, initial=offset, unit="B",
                                           unit_scale=True, unit_divisor=1024, desc=name,
-                                          disable=not progress) as bar:
+                                          disable=None if progress else True) as bar:
             while chunk := response.read(CHUNK_BYTES):
                 out.write(chunk)
                 digest.update(chunk)

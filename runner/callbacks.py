@@ -27,6 +27,7 @@ from runner.tracking import resolve_uri
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "DETBENCH_PARENT_RUN_ID"
+SWEPT_ENV = "DETBENCH_SWEPT_KEYS"  # runner.results.describe.SWEPT_ENV
 SWEEP_TAG = "detbench.sweep"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")
@@ -47,7 +48,9 @@ def sweep_params(argv: list[str], overrides: list[str]) -> dict[str, str]:
         if sep:
             name = _BAD_KEY_CHARS.sub("_", key.lstrip("+~"))
             params[f"override.{name}"] = value
-    return {k: v[:MAX_PARAM_CHARS] for k, v in params.items()}
+    from runner.tracking import redact
+
+    return {k: redact(v)[:MAX_PARAM_CHARS] for k, v in params.items()}
 
 
 class SweepParentRun(Callback):
@@ -67,6 +70,7 @@ class SweepParentRun(Callback):
         self.uri: str | None = None
         self.jobs_failed = 0
         self._previous_env: str | None = None
+        self._swept_env: str | None = None
         self._report_dir: Path | None = None
         self._heartbeat: Any = None
 
@@ -80,19 +84,23 @@ class SweepParentRun(Callback):
         signals.install()  # SIGTERM/SIGHUP end this run KILLED (see _abandoned)
         self.uri = resolve_uri(self.tracking_uri or _select(config, "tracking.uri"))
         experiment = self.experiment or _select(config, "tracking.experiment") or "detbench"
+        tracking.redact_logs()  # Hydra logs each job's overrides, tracking.uri included
         client = tracking.client(self.uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        tracking.present_experiment(client, experiment_id)
         name = f"sweep {datetime.now():%Y-%m-%d %H:%M:%S}"
         overrides = [str(o) for o in (_select(config, "hydra.overrides.task") or [])]
         run = client.create_run(experiment_id, run_name=name,
-                                tags={SWEEP_TAG: "true", **tracking.process_identity()})
+                                tags={SWEEP_TAG: "true", **tracking.standard_tags(),
+                                      **tracking.process_identity()})
         self.run_id = run.info.run_id
         params = sweep_params(list(sys.argv), overrides)
         client.log_batch(self.run_id, params=[Param(k, v) for k, v in params.items()],
                          tags=[RunTag("mlflow.note.content", f"{name}: {params['command']}")])
         self._previous_env = os.environ.get(PARENT_ENV)
         os.environ[PARENT_ENV] = self.run_id
+        self._swept_env = _export_swept_keys(config, overrides)
         self._report_dir = _sweep_report_dir(config)
         self._heartbeat = tracking.Heartbeat(self.uri, self.run_id).start()
         atexit.register(self._abandoned)
@@ -144,6 +152,7 @@ class SweepParentRun(Callback):
             os.environ.pop(PARENT_ENV, None)
         else:
             os.environ[PARENT_ENV] = self._previous_env
+        _restore_env(SWEPT_ENV, self._swept_env)
         tracking.client(self.uri).set_terminated(run_id, status)
         log.info("sweep parent MLflow run %s ended %s", run_id, status)
 
@@ -192,6 +201,7 @@ class SweepParentRun(Callback):
             client = tracking.client(self.uri)
             for path in paths:
                 client.log_artifact(self.run_id, str(path))
+            summarize_parent(client, self.run_id, children, paths[0].read_text())
             try:
                 from runner.results import compare
 
@@ -217,6 +227,60 @@ def _sweep_report_dir(config: DictConfig) -> Path | None:
     """``<hydra.sweep.dir>/report`` (next to the jobs' outputs), None when unknown."""
     sweep_dir = _select(config, "hydra.sweep.dir")
     return Path(str(sweep_dir)) / "report" if sweep_dir else None
+
+
+def _export_swept_keys(config: DictConfig, overrides: list[str]) -> str | None:
+    """Tell the jobs which keys this sweep varies (their run names carry those values);
+    returns the variable's previous value."""
+    from runner.results.describe import swept_keys
+
+    previous = os.environ.get(SWEPT_ENV)
+    params = _select(config, "hydra.sweeper.params")
+    os.environ[SWEPT_ENV] = ",".join(swept_keys(overrides, params if isinstance(params, dict)
+                                                else None))
+    return previous
+
+
+def _restore_env(name: str, previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = previous
+
+
+def summarize_parent(client: Any, run_id: str, children: Any, table_md: str) -> None:
+    """The sweep's headline numbers as the parent run's own metrics (the runs table and the
+    parent's page show them without opening an artifact) and the rendered table as its
+    description."""
+    from mlflow.entities import Metric, RunTag
+
+    from runner import tracking
+    from runner.results.describe import sweep_note
+
+    finished = children[children["status"] == "FINISHED"] if len(children) else children
+    metrics: dict[str, float] = {"children_total": float(len(children)),
+                                 "children_finished": float(len(finished))}
+    best_of: dict[str, float] = {}
+    best = {"bbox.AP": "max", "images_per_sec": "max", "latency_mean_ms": "min",
+            "latency_p99_ms": "min"}
+    for metric, how in best.items():
+        column = f"metrics.{metric}"
+        if column in finished and finished[column].notna().any():
+            values = finished[column].dropna()
+            values = values[values >= 0]  # COCO's -1: not applicable
+            if len(values):
+                metrics[f"{how}.{metric}"] = float(values.max() if how == "max" else values.min())
+                best_of[metric] = metrics[f"{how}.{metric}"]
+    metrics.update(tracking.display_metrics(best_of))  # the runs view's columns
+    now = int(datetime.now().timestamp() * 1000)
+    run = client.get_run(run_id)
+    statuses = list(children["status"]) if len(children) else []
+    shown = {k.removeprefix(tracking.DISPLAY_PREFIX): v
+             for k, v in tracking.display_metrics(best_of).items()}
+    note = sweep_note(run.info.run_name or run_id, run.data.params.get("command", ""), table_md,
+                      _counts(statuses) or "none", shown)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+                     tags=[RunTag("mlflow.note.content", note[:5000])])
 
 
 def _counts(statuses: list[str]) -> str:

@@ -135,7 +135,6 @@ class TrackingConfig:
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the cwd
     experiment: str = "detbench"
     run_name: str | None = None  # None: <model>@<resolution>/<precision>
-    log_samples_as_metrics: bool = True
 
 
 @dataclass

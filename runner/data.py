@@ -71,6 +71,8 @@ def _read_annotations(path: Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(f"annotations file {str(path)!r} is not valid JSON: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"annotations file {str(path)!r} cannot be read: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise ConfigError(f"annotations file {str(path)!r} has no 'images' list: not COCO format")
     for key in ("annotations", "categories"):
@@ -272,7 +274,9 @@ def prepare(records: Sequence[ImageRecord], dtype: str = "uint8",
     ``resize`` are then ignored), each with its :class:`Frame`."""
     from tqdm import tqdm
 
-    iterator = tqdm(records, desc="prepare", unit="img", disable=not progress, leave=False,
+    # disable=None: a bar on a terminal only, never into a log file or CI output
+    iterator = tqdm(records, desc="prepare", unit="img", disable=None if progress else True,
+                    leave=False,
                     position=1)
     if spec is None:
         spec = InputSpec(dtype=dtype, size=resize)

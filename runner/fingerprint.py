@@ -152,28 +152,34 @@ def _unknown(why: str) -> str:
     return f"unknown:{why}:{uuid.uuid4().hex[:8]}"
 
 
-def model_fingerprint(cfg: Any) -> tuple[str, str]:
+def model_fingerprint(cfg: Any, backend_ready: bool = True) -> tuple[str, str]:
     """(digest, what it was taken of) for the job's model; a zoo model is identified by its
     archive's sha256 (pinned, or recorded when first downloaded: downloading it first if
     neither exists)."""
     cache_dir = Path(cfg.cache_dir).expanduser()
     if cfg.model.source == "zoo":
-        return _zoo_fingerprint(cfg, cache_dir)
+        return _zoo_fingerprint(cfg, cache_dir, backend_ready)
     from runner.job import model_dir
 
     directory = model_dir(cfg)
     what = f"the SavedModel at {directory}"
     if not directory.is_dir():
         return _unknown("missing"), what
-    return tree_digest(directory, cache_dir), what
+    try:
+        return tree_digest(directory, cache_dir), what
+    except OSError as exc:  # unreadable: the job fails on it inside its run, as it would have
+        log.debug("SavedModel not hashed: %s", exc)
+        return _unknown("unreadable"), what
 
 
-def _zoo_fingerprint(cfg: Any, cache_dir: Path) -> tuple[str, str]:
+def _zoo_fingerprint(cfg: Any, cache_dir: Path, backend_ready: bool = True) -> tuple[str, str]:
     from runner import acquire, config, zoo
 
     archive = zoo.get(cfg.model.name).archive(config.nominal_resolution(cfg))
     what = f"zoo archive {archive.file_name}"
     known = acquire.known_sha256(cache_dir / "downloads" / archive.file_name)
+    if known is None and not backend_ready:  # the job fails on its backend: no download
+        return _unknown(f"backend {cfg.precision.backend} unavailable"), what
     if known is None:
         try:
             acquire.ensure_zoo_model(cfg.model.name, config.nominal_resolution(cfg), cache_dir)
@@ -195,19 +201,22 @@ def dataset_fingerprint(dataset: Any, cache_dir: Path | None) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def of_job(cfg: Any, backend_env: Mapping[str, str] | None = None) -> Fingerprint:
+def of_job(cfg: Any, backend_env: Mapping[str, str] | None = None,
+           backend_ready: bool = True) -> Fingerprint:
     """Everything but the config that a job's numbers depend on. Loads and validates the
     dataset (a ConfigError here comes before any MLflow run exists) and, for a zoo model never
     downloaded, downloads it. ``backend_env``: the backend's environment fields (part of
-    env.key, see ``runner.backends``)."""
+    env.key, see ``runner.backends``); ``backend_ready``: False when the job's backend failed its
+    availability check (the job fails on it: nothing is downloaded for it)."""
     from runner import data, environment
     from runner.acquire import AcquireError
 
-    model, model_source = model_fingerprint(cfg)
+    model, model_source = model_fingerprint(cfg, backend_ready)
     cache_dir = Path(cfg.cache_dir).expanduser()
     try:
         dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
-    except AcquireError as exc:  # COCO not obtainable: the job fails on it, with a run
+    except (AcquireError, OSError) as exc:  # COCO not obtainable, a full disk generating the
+        # synthetic split: the job fails on it inside its run, as it did before this check
         log.debug("dataset not acquired for its fingerprint: %s", exc)
         dataset_digest, dataset_source = _unknown("not acquired"), cfg.dataset.display_name
     else:

@@ -37,6 +37,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from runner.telemetry.visible import parse_visible
+
 log = logging.getLogger(__name__)
 
 LOCK_SUBDIR = "locks"
@@ -95,25 +97,11 @@ def gpu_uuids() -> list[str]:
 
 
 def visible_gpus(uuids: list[str], cuda_visible: str | None) -> list[tuple[str, str]]:
-    """(CUDA_VISIBLE_DEVICES entry, UUID) of each GPU a process may use, read like CUDA does:
-    unset = all; indices (NVML order) and ``GPU-``/``MIG-`` UUIDs; the list stops at the first
-    entry that is negative or names no GPU, so ``""`` and ``-1`` hide all."""
-    if not uuids:
-        return []
-    if cuda_visible is None:
-        return [(str(i), u) for i, u in enumerate(uuids)]
-    found: list[tuple[str, str]] = []
-    for token in (t.strip() for t in cuda_visible.split(",")):
-        if token.isdigit() and int(token) < len(uuids):
-            uuid = uuids[int(token)]
-        elif token.upper().startswith(("GPU-", "MIG-")):
-            matches = [u for u in uuids if u.startswith(token)]
-            uuid = matches[0] if len(matches) == 1 else token  # a MIG instance: its own UUID
-        else:
-            break
-        if uuid not in (u for _, u in found):
-            found.append((token, uuid))
-    return found
+    """(CUDA_VISIBLE_DEVICES entry, UUID) of each GPU a process may use, as
+    ``runner.telemetry.visible.parse_visible`` reads the variable (the sampler reads it with the
+    same function, so the GPU locked is the GPU measured): a MIG instance is its own slot, under
+    its own UUID."""
+    return [(gpu.entry, gpu.uuid) for gpu in parse_visible(uuids, cuda_visible)]
 
 
 @contextmanager

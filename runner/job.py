@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import backends, config, data, fingerprint, jobdir, reference, signals
 from runner.config import JobConfig
-from runner.results import table
+from runner.results import describe, table
 from runner.worker import JobSpec, dataset_dict
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,9 @@ PUBLISHED = jobdir.PUBLISHED
 STOP_GRACE_S = 10.0
 #: metrics of a job's telemetry that the parent can rebuild from samples.csv for a job that did
 #: not finish (name -> (column, statistic)); the full set comes from runner.telemetry
-PARTIAL_TELEMETRY = {"cpu_util_mean": ("cpu_util_pct", "mean"),
-                     "cpu_util_max": ("cpu_util_pct", "max"),
+PARTIAL_TELEMETRY = {"host_cpu_util_mean": ("host_cpu_util_pct", "mean"),
+                     "host_cpu_util_max": ("host_cpu_util_pct", "max"),
+                     "process_cpu_util_mean": ("process_cpu_util_pct", "mean"),
                      "process_rss_peak_mb": ("process_rss_mb", "max"),
                      "gpu_util_mean": ("gpu_util_pct", "mean"),
                      "gpu_util_max": ("gpu_util_pct", "max"),
@@ -146,9 +147,21 @@ def model_dir(cfg: JobConfig) -> Path:
 
 
 def run_name(cfg: JobConfig) -> str:
-    return cfg.tracking.run_name or (
-        f"{cfg.model.name}@{config.nominal_resolution(cfg)}/{cfg.precision.name}"
-    )
+    """``model@resolution/precision``, then the job's other swept settings in brackets."""
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    base = f"{cfg.model.name}@{config.nominal_resolution(cfg)}/{cfg.precision.name}"
+    return describe.run_name(base, job_variant())
+
+
+def job_variant() -> str:
+    """The overrides that tell this job apart from its sweep's others (describe.variant)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    overrides = [str(o) for o in HydraConfig.get().overrides.task]
+    return describe.variant(overrides, describe.swept_from_env())
 
 
 def identity(cfg: DictConfig) -> str:
@@ -174,13 +187,14 @@ def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
 def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, str], key: str,
                     output_dir: Path, prints: Any = None
                     ) -> tuple[Any, str | None, str | None]:
-    """(tracker with a started run, None, None); (None, a skip reason, None) when the job
-    already FINISHED with the same config, model bytes, dataset and environment (``prints``);
+    """(tracker with a started run, None, None); (tracker attached to the stored run, a skip
+    reason, None) when the job already FINISHED with the same config, model bytes, dataset and
+    environment (``prints``);
     (None, None, why) when the store cannot take the run (the server gone mid-sweep, a
     read-only database). Writes tracking.json for runner.sync."""
     from mlflow.exceptions import MlflowException
 
-    from runner.tracking import Tracker, TrackingUnavailable, resolve_uri
+    from runner.tracking import Tracker, TrackingUnavailable, redact, resolve_uri
 
     name = run_name(job_cfg)
     tags = {"detbench.model": job_cfg.model.name, "detbench.precision": job_cfg.precision.name,
@@ -190,10 +204,16 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
             "detbench.job_dir": str(output_dir.resolve()), **reference.tags(job_cfg, cfg)}
     if prints is not None:  # model bytes, dataset and env.key (runner.fingerprint)
         tags.update({**prints.tags(key), "detbench.identity": prints.identity(key)})
+    if job_variant():
+        tags[describe.VARIANT_TAG] = job_variant()
+    # tracking.CONFIG_TAG: the runs view groups repeats of one config (same identity) on it
+    tags["detbench.config"] = (f"{job_cfg.model.name}@{config.nominal_resolution(job_cfg)}/"
+                               f"{job_cfg.precision.name} #{tags['detbench.identity'][:8]}")
     if os.environ.get(PARENT_ENV):
         tags["mlflow.parentRunId"] = os.environ[PARENT_ENV]
-    params = _params(cfg, choices)
-    record = {"uri": resolve_uri(job_cfg.tracking.uri), "experiment": job_cfg.tracking.experiment,
+    params = {k: redact(v) for k, v in _params(cfg, choices).items()}  # no credentials
+    record = {"uri": redact(resolve_uri(job_cfg.tracking.uri)),
+              "experiment": job_cfg.tracking.experiment,
               "name": name, "params": params, "tags": tags, "run_id": None}
     tracker: Any = None
     problem: str | None = None
@@ -203,7 +223,10 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
         if not job_cfg.benchmark.rerun and prints is not None:
             skip, note = fingerprint.resume_decision(tracker, key, prints)
             if skip:
-                return None, skip, None
+                stored = tracker.latest_finished("detbench.identity", prints.identity(key))
+                if stored is not None:
+                    tracker.attach(stored[0])  # its row and link are shown (results.report)
+                return tracker, skip, None
             if note:
                 log.info("%s", note)
         record["run_id"] = tracker.start(name, params, tags)
@@ -235,30 +258,38 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     """Run one job; raises ConfigError (before any model loads) for bad input. An ending signal
     (SIGTERM, SIGHUP, SIGINT) or submitit's SystemExit ends the run KILLED and is then re-raised
     (``python -m runner`` exits 128 + signal)."""
-    from runner.tracking import Heartbeat, resolve_uri
+    from runner.tracking import Heartbeat, protect_job_dir, redact, resolve_uri
 
+    protect_job_dir(output_dir)  # no credentials in Hydra's files or the logs
     job_cfg = config.to_object(cfg)
     config.validate(job_cfg)
+    from runner import preflight
+
+    preflight.check(cfg, job_cfg)  # unknown keys, a precision this machine cannot run
     name = run_name(job_cfg)
-    uri = resolve_uri(job_cfg.tracking.uri)
+    uri = redact(resolve_uri(job_cfg.tracking.uri))
     reason = config.skip_reason(job_cfg)
     if reason:
         return JobResult("SKIPPED", None, uri, error=reason, name=name)
     available, unavailable = _availability(job_cfg)
     prints = fingerprint.of_job(  # loads and validates the dataset: before any run
-        job_cfg, backends.get(job_cfg.precision.backend).environment(available))
+        job_cfg, backends.get(job_cfg.precision.backend).environment(available),
+        backend_ready=unavailable is None)
     signals.install()  # also where submitit runs the job without runner.__main__
     tracker, skip, problem = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir,
                                              prints)
     if skip:
-        return JobResult("SKIPPED", None, uri, error=skip, name=name)
+        return JobResult("SKIPPED", tracker.run_id if tracker else None, uri, error=skip,
+                         name=name, ui_link=tracker.ui_link() if tracker else None,
+                         experiment_id=tracker.experiment_id if tracker else None)
     result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
                        ui_link=tracker.ui_link() if tracker else None,
                        experiment_id=tracker.experiment_id if tracker else None)
     heartbeat = Heartbeat(tracker.uri, tracker.run_id).start() if tracker else None
     stopped_by: BaseException | None = None
     try:
-        jobdir.write_text(output_dir / jobdir.CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+        jobdir.write_text(output_dir / jobdir.CONFIG,
+                          redact(OmegaConf.to_yaml(cfg, resolve=True)))
         if unavailable is not None:  # the run records why
             raise unavailable
         result.metrics = _acquire_and_measure(job_cfg, cfg, output_dir, available)
@@ -325,6 +356,9 @@ def publish(job_dir: Path, tracker: Any, outcome: Outcome | None = None) -> None
                               .encode()).hexdigest()
         tracker.log_dataset(f"{ds['display_name']} ({len(ds['images'])} images)",
                             ds["annotations"], len(ds["images"]), digest)
+    from runner.results.presentation import present_run
+
+    present_run(tracker, job_dir, outcome.status, outcome.text, metrics)
     if outcome.status == "FINISHED":
         tracker.finish()
     else:
@@ -378,6 +412,10 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path,
     dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
     container = OmegaConf.to_container(raw, resolve=True)
     assert isinstance(container, dict)
+    if isinstance(container.get("tracking"), dict) and container["tracking"].get("uri"):
+        from runner.tracking import redact  # the worker never needs the store's password
+
+        container["tracking"]["uri"] = redact(str(container["tracking"]["uri"]))
     spec = JobSpec(cfg={str(k): v for k, v in container.items()}, model_dir=str(directory),
                    dataset=dataset_dict(dataset),
                    keypoint_annotations=(str(dataset.keypoint_annotations)
@@ -504,7 +542,10 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
     if fresh:
         tracker.log_metrics(fresh)
     _log_samples(tracker, job_dir, logged)
-    tracker.log_artifacts(jobdir.existing(job_dir, jobdir.ARTIFACTS))
+    names: tuple[str, ...] = jobdir.ARTIFACTS
+    if not (job_dir / jobdir.SAMPLES).is_file():  # a killed worker: the rows it streamed
+        names = (*names, jobdir.TELEMETRY_ROWS)
+    tracker.log_artifacts(jobdir.existing(job_dir, names))
 
 
 def _partial_metrics(job_dir: Path) -> dict[str, float]:
@@ -544,10 +585,29 @@ def _sample_rows(job_dir: Path) -> list[dict[str, str]]:
         return []
 
 
+def _streamed_rows(job_dir: Path) -> list[dict[str, str]]:
+    """The sampler's rows as streamed to telemetry_rows.csv (no phase: that is kept in the
+    worker's memory), for a worker killed before it wrote samples.csv."""
+    path = job_dir / jobdir.TELEMETRY_ROWS
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="") as fh:
+            return [{**r, "t_s": r.get("t", "")} for r in csv.DictReader(fh)]
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        log.warning("%s is unreadable (%s): its rows are not logged", path, exc)
+        return []
+
+
 def _partial_telemetry(job_dir: Path) -> dict[str, float]:
     """``partial.*`` telemetry of the timed phase from the rows in samples.csv (means and
-    peaks of the quantities in PARTIAL_TELEMETRY), for a job that did not finish."""
+    peaks of the quantities in PARTIAL_TELEMETRY), for a job that did not finish; from every
+    row streamed to telemetry_rows.csv when the worker was killed before it wrote samples.csv
+    (then ``partial.telemetry_all_phases`` = 1: load and warm-up are in the figures)."""
     rows = [r for r in _sample_rows(job_dir) if r.get("phase") == "timed"]
+    all_phases = not (job_dir / jobdir.SAMPLES).is_file()
+    if all_phases:
+        rows = _streamed_rows(job_dir)
     out: dict[str, float] = {}
     for name, (column, statistic) in PARTIAL_TELEMETRY.items():
         values = [v for r in rows if (v := _number(r.get(column))) is not None]
@@ -556,6 +616,8 @@ def _partial_telemetry(job_dir: Path) -> dict[str, float]:
                 sum(values) / len(values))
     if rows:
         out["partial.samples_count"] = float(len({r.get("t_s") for r in rows}))
+        if all_phases:
+            out["partial.telemetry_all_phases"] = 1.0
     return out
 
 
@@ -587,8 +649,13 @@ def _log_samples(tracker: Any, job_dir: Path, logged: Mapping[str, float]) -> No
             values, stamps = series.setdefault(f"sample.{s['device']}.{key}", ([], []))
             values.append(number)
             stamps.append(wall0 + float(s["t_s"]))
+    from runner.tracking import system_metric_name
+
     for name, (values, stamps) in series.items():
         if name in logged:
             continue
         stride = max(1, len(values) // MAX_SERIES_POINTS)
         tracker.log_series(name, values[::stride], stamps[::stride])
+        _, device, quantity = name.split(".", 2)  # also where MLflow shows system metrics
+        tracker.log_series(system_metric_name(device, quantity), values[::stride],
+                           stamps[::stride])

@@ -39,6 +39,7 @@ BACKEND = "backend.json"  # what the backend ran (backend.* tags)
 LATENCY_LOG = "latencies.npy"  # float64 [repeats, images], NaN until measured (memory-mapped)
 LATENCIES = "latencies.csv"  # image_id, latency_ms of the first pass (written from the log)
 SAMPLES = "samples.csv"  # telemetry rows
+TELEMETRY_ROWS = "telemetry_rows.csv"  # sampler rows streamed as taken (kept when killed)
 TELEMETRY = "telemetry.json"  # sampler metadata: wall_start, backend, phases, errors
 DETECTIONS = "detections.json"
 KEYPOINTS = "keypoints.json"

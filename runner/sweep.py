@@ -56,7 +56,9 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.jobs:
             return
-        print(summary_text(self.jobs))
+        from runner.tracking import redact
+
+        print(redact(summary_text(self.jobs)))  # overrides may hold a tracking.uri password
         if any(job["status"] not in OK for job in self.jobs):
             sys.exit(1)
 

@@ -162,9 +162,11 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
     # every latency lands in the memory-mapped log as it is measured (kept whatever ends this)
     log = jobdir.create_latency_log(job_dir, bench.repeats, len(dataset.images))
     offset = 0
-    sampler = Sampler(interval_s=bench.sample_interval_s, enabled=bench.telemetry)
+    # the sampler's rows stream to the job directory as they are taken (kept whatever ends this)
+    sampler = Sampler(interval_s=bench.sample_interval_s, enabled=bench.telemetry,
+                      rows_path=job_dir / jobdir.TELEMETRY_ROWS)
     sampler.start()
-    wall_start = time.time()
+    wall_start = sampler.wall_start
     try:
         env = {**environment.collect(sampler.gpus, extra=plugin.environment(
                    spec.extra.get("backend_available", {}))),
@@ -198,9 +200,9 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
                 jobdir.write_json(job_dir / jobdir.BACKEND, backend.describe())
                 first = chunk[:checks.FIRST_CALLS]
 
-                def reprepare(s: data.InputSpec, f: Sequence[data.ImageRecord] = first
-                              ) -> list[data.PreparedImage]:
-                    return _in_format(backend, data.prepare(f, spec=s, progress=False))
+                def reprepare(spec: data.InputSpec,
+                              first: Sequence[data.ImageRecord] = first) -> Any:
+                    return _in_format(backend, data.prepare(first, spec=spec, progress=False))
 
                 adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS], reprepare,
                                     inputs)
@@ -209,7 +211,8 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
                 # the seed policy's warm-up is its first 50 timed calls, dropped afterwards
                 warm_up(backend.predict, tensors, 0 if seed else bench.warmup)
                 timings["warmup_s"] = time.perf_counter() - start
-                bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr)
+                bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr,
+                           disable=None)  # None: drawn on a terminal only, not into logs
             sampler.mark_phase("timed")
 
             sizes = [p.frame for p in prepared]
@@ -236,15 +239,7 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
     finally:
         sampler.stop()
         jobdir.write_latencies_csv(job_dir, [r.image_id for r in dataset.images], log)
-        samples = sampler.samples()
-        if samples:
-            write_csv(job_dir / jobdir.SAMPLES, samples)
-        jobdir.write_text(job_dir / jobdir.TELEMETRY, json.dumps(
-            {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
-             "reason": sampler.reason, "errors": sampler.errors, "sampler": sampler.mode,
-             "sampler_cpu_share": sampler.cpu_share, "phases": sampler.phase_times(),
-             "intervals": sampler.intervals()},
-            indent=1, default=str))
+        write_telemetry(sampler, job_dir, wall_start)
     backend_metrics = backend.metrics()
     return {"latencies": np.concatenate(latencies, axis=1), "results": results,
             "timings": timings,
@@ -257,6 +252,36 @@ SEED_DROPPED_TIMINGS = 50
 NATIVE_METHOD = "native: count / total time, p99 as benchmark.percentile_method"
 SEED_METHOD = ("seed: public script (first 50 timings dropped, images/sec = mean of per-call "
                "rates, p99 'lower')")
+
+
+def add_tags(job_dir: Path, tags: Mapping[str, str]) -> None:
+    """Add run tags to ``environment.json`` (the parent logs its contents as tags)."""
+    current = jobdir.read_json_if(job_dir / jobdir.ENVIRONMENT) or {}
+    jobdir.write_json(job_dir / jobdir.ENVIRONMENT, {**current, **tags})
+
+
+def write_telemetry(sampler: Any, job_dir: Path, wall_start: float) -> None:
+    """After the sampler stopped: ``samples.csv`` (rows tagged by phase), ``telemetry.json``
+    (what was sampled, how, the phases) and, when the time series miss part of the run, the tag
+    ``telemetry.incomplete`` with the reason."""
+    samples = sampler.samples()
+    if samples:
+        write_csv(job_dir / jobdir.SAMPLES, samples)
+    jobdir.write_text(job_dir / jobdir.TELEMETRY, json.dumps(
+        {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
+         "reason": sampler.reason, "errors": sampler.errors, "notes": sampler.notes,
+         "incomplete": sampler.incomplete, "sampler": sampler.mode,
+         "interval_s": sampler.interval_s, "sampler_cpu_share": sampler.cpu_share,
+         "phases": sampler.phase_times(), "intervals": sampler.intervals()},
+        indent=1, default=str))
+    if sampler.incomplete:
+        add_tags(job_dir, {"telemetry.incomplete": sampler.incomplete})
+        print(f"WARNING: telemetry incomplete: {sampler.incomplete}", file=sys.stderr)
+
+
+#: why a keypoint model's keypoints have no metrics (the tag ``keypoints.no_metrics``)
+NO_KEYPOINT_ANNOTATIONS = ("the dataset has no person keypoint annotations "
+                           "(dataset.keypoint_annotations): keypoints.json kept, not scored")
 
 
 def timed_latencies(passes: np.ndarray, cfg: JobConfig) -> np.ndarray:
@@ -338,11 +363,15 @@ def evaluate(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, measured: Map
         jobdir.write_json(job_dir / jobdir.MASKS, results.masks, indent=None)
         segm = evaluate_extra.evaluate(dataset.annotations, results.masks, ids, "segm")
         metrics |= {f"segm.{k}": v for k, v in segm.items()}
-    if results.keypoints and spec.keypoint_annotations:
+    if results.keypoints:
         jobdir.write_json(job_dir / jobdir.KEYPOINTS, results.keypoints, indent=None)
-        kp = evaluate_extra.evaluate(spec.keypoint_annotations, results.keypoints, ids,
-                                     "keypoints")
-        metrics |= {f"keypoints.{k}": v for k, v in kp.items()}
+        if spec.keypoint_annotations:
+            kp = evaluate_extra.evaluate(spec.keypoint_annotations, results.keypoints, ids,
+                                         "keypoints")
+            metrics |= {f"keypoints.{k}": v for k, v in kp.items()}
+        else:
+            add_tags(job_dir, {"keypoints.no_metrics": NO_KEYPOINT_ANNOTATIONS})
+            print(f"WARNING: no keypoint metrics: {NO_KEYPOINT_ANNOTATIONS}", file=sys.stderr)
     timings = {**measured["timings"], "evaluate_s": time.perf_counter() - start}
     return {**timing, **metrics, **measured["telemetry"],
             **{f"time.{k}": v for k, v in timings.items()},

@@ -18,7 +18,16 @@ class FakeNotSupported(FakeNVMLError):
     pass
 
 
-@dataclass
+class FakeNotFound(FakeNVMLError):
+    pass
+
+
+#: the driver's utilization sampling period the stand-in imitates (us), and its buffer length
+DRIVER_PERIOD_US = 20_000
+DRIVER_BUFFER = 100
+
+
+@dataclass(eq=False)  # each GPU is itself (its index and UUID), even with equal settings
 class FakeGpu:
     name: str | bytes = "NVIDIA H200"
     power_mw: int | None = 100_000  # None: NVMLError_NotSupported
@@ -26,6 +35,7 @@ class FakeGpu:
     util: int = 80
     app_clocks_supported: bool = True
     fail_util_on_call: int = 0  # the nth utilisation call raises RuntimeError (0: never)
+    migs: tuple[str, ...] = ()  # UUIDs of MIG instances on this GPU
 
 
 class FakeNvml:
@@ -33,6 +43,8 @@ class FakeNvml:
 
     NVMLError = FakeNVMLError
     NVMLError_NotSupported = FakeNotSupported
+    NVMLError_NotFound = FakeNotFound
+    NVML_GPU_UTILIZATION_SAMPLES = 1
     NVML_CLOCK_SM = 1
     NVML_CLOCK_MEM = 2
     NVML_TEMPERATURE_GPU = 0
@@ -68,8 +80,37 @@ class FakeNvml:
     def nvmlDeviceGetName(self, h: FakeGpu) -> str | bytes:
         return h.name
 
-    def nvmlDeviceGetUUID(self, h: FakeGpu) -> str:
-        return f"GPU-{self._gpus.index(h)}"
+    def nvmlDeviceGetUUID(self, h: FakeGpu | tuple[FakeGpu, str]) -> str:
+        if isinstance(h, tuple):  # a MIG device handle
+            return h[1]
+        return f"GPU-{self._gpus.index(h)}-fake"
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> FakeGpu | tuple[FakeGpu, str]:
+        for gpu in self._gpus:
+            if uuid in gpu.migs:
+                return (gpu, uuid)
+        for index, gpu in enumerate(self._gpus):
+            if uuid == f"GPU-{index}-fake":
+                return gpu
+        raise FakeNotFound(uuid)
+
+    def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(self, h: tuple[FakeGpu, str]) -> FakeGpu:
+        if not isinstance(h, tuple):
+            raise FakeNVMLError("not a MIG device handle")
+        return h[0]
+
+    def nvmlDeviceGetSamples(self, h: FakeGpu, sampling_type: int,
+                             since_us: int) -> tuple[int, list[SimpleNamespace]]:
+        """The driver's utilization ring buffer: a sample of ``h.util`` every DRIVER_PERIOD_US
+        of wall clock, the last DRIVER_BUFFER of them; NotFound when none is newer."""
+        self._calls["samples"] += 1
+        now = int(time.time() * 1e6)
+        first = max(since_us // DRIVER_PERIOD_US + 1, now // DRIVER_PERIOD_US - DRIVER_BUFFER + 1)
+        stamps = range(first * DRIVER_PERIOD_US, now + 1, DRIVER_PERIOD_US)
+        if not stamps:
+            raise FakeNotFound()
+        return 1, [SimpleNamespace(timeStamp=t, sampleValue=SimpleNamespace(uiVal=h.util))
+                   for t in stamps]
 
     def nvmlSystemGetDriverVersion(self) -> bytes:
         return b"570.86.15"

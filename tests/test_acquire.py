@@ -681,3 +681,23 @@ def test_zip_bomb_limits_come_from_the_environment(
     monkeypatch.setenv(acquire.MAX_BYTES_ENV, "lots")
     with pytest.raises(AcquireError, match="DETBENCH_MAX_EXTRACT_BYTES='lots' is not valid"):
         acquire.extract_zip(archive, tmp_path / "d", top="top")
+
+
+def test_a_zoo_models_fingerprint_is_its_archive_sha256(server: Served, tmp_path: Path) -> None:
+    """The resume identity of a zoo model: its archive's sha256, downloaded once (before the
+    job's run exists) and then read from the record without a request."""
+    from runner import config, fingerprint
+    from tests.conftest import compose_job
+
+    archive, path = _serve_zoo(server, "ssd_mobilenet_v2")
+    cfg = config.to_object(compose_job(["model=ssd_mobilenet_v2", f"cache_dir={tmp_path}"]))
+    digest, what = fingerprint.model_fingerprint(cfg)
+    assert digest == "sha256:" + hashlib.sha256(server.files[path]).hexdigest()
+    assert what == f"zoo archive {archive.file_name}"
+    assert fingerprint.model_fingerprint(cfg) == (digest, what)
+    assert server.count(path) == 1
+    del server.files[path]  # not obtainable: a digest that matches nothing, the job fails later
+    other = config.to_object(compose_job(["model=ssd_mobilenet_v2",
+                                          f"cache_dir={tmp_path / 'other'}"]))
+    first, _ = fingerprint.model_fingerprint(other)
+    assert first.startswith("unknown:") and first != fingerprint.model_fingerprint(other)[0]

@@ -16,25 +16,28 @@ ROOT = Path(__file__).resolve().parents[1]
 #: script -> the invariant checks it must report as passed
 CHECKS: dict[str, tuple[str, ...]] = {
     "harness_overhead": ("demo.same_inputs", "demo.adapter_ran", "tiny.same_inputs"),
-    "sampler_cost": ("demo.sampled_50ms", "demo.sampled_10ms", "demo.off_took_no_samples"),
+    "sampler_cost": ("demo.sampled_50ms", "demo.sampled_10ms", "demo.sampled_10ms_idle",
+                     "demo.off_took_no_samples"),
     "coco_eval": ("same_stats", "case_size", "passes_same_stats", "streamed_json_same_bytes"),
     "memory": ("jobs_finished", "peak_bounded", "timed_loop_bounded", "polling_agrees"),
     "fixed_cost": ("jobs_finished", "before_first_timed_call_adds_up",
                    "after_last_timed_call_adds_up"),
     "input_prep": ("prepared_shapes",),
     "latency_store": ("log_holds_the_latencies", "sigkilled_child_keeps_its_latencies"),
+    "fingerprint_cost": ("same_digest", "change_detected"),
     "runtimes": ("all_converted", "fp32_keeps_ap", "smaller_files"),
 }
 #: script -> the timing targets it must report (met or missed: quick runs are too short to judge)
 TARGETS: dict[str, tuple[str, ...]] = {
     "harness_overhead": ("demo.latency_ratio", "tiny.latency_ratio",
                          "tiny.deferred_latency_ratio"),
-    "sampler_cost": ("demo.cost_50ms", "demo.cost_10ms"),
+    "sampler_cost": ("demo.cost_50ms", "demo.coverage_target_50ms", "demo.coverage_target_10ms"),
     "coco_eval": ("speedup",),
     "memory": (),
     "fixed_cost": ("before_ceiling", "after_ceiling"),
     "input_prep": ("prepare_faster_than_inference",),
     "latency_store": ("log.added_ns_per_call",),
+    "fingerprint_cost": ("cached_under_1pct",),
     "runtimes": ("int8_faster",),
 }
 

@@ -313,7 +313,7 @@ def test_plots_are_real_pngs(produced: Produced, tmp_path: Path) -> None:
 def test_timeline_falls_back_to_cpu_with_warmup_phase(produced: Produced, tmp_path: Path) -> None:
     run = _runs(produced.uri)[0]
     samples = plots.load_samples(produced.uri, run.info.run_id)
-    assert plots._timeline_quantities(samples) == ("cpu_util_pct", ["cpu"], None)
+    assert plots._timeline_quantities(samples) == ("host_cpu_util_pct", ["cpu"], None)
     phases = plots.load_phases(produced.uri, run.info.run_id)
     assert phases is not None
     names = [p for p, _, _ in phases]

@@ -88,22 +88,32 @@ def test_sigkilled_sweep_is_resumed(tmp_path: Path) -> None:
     assert sorted(r.info.status for r in parents) == ["FAILED", "FINISHED"]  # killed, resumed
 
 
-def test_ctrl_c_during_timing_ends_killed_and_keeps_what_was_measured(tmp_path: Path) -> None:
+def test_ctrl_c_to_the_job_alone_ends_killed_and_keeps_the_unfinished_chunk(
+        tmp_path: Path) -> None:
+    import numpy as np
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = subprocess.Popen(
         _cmd(tmp_path, "dataset.num_images=200", "benchmark.warmup=1", "benchmark.chunk_size=20",
-             "benchmark.telemetry=false", multirun=False),
+             "benchmark.repeats=4", "benchmark.telemetry=false", multirun=False),
         cwd=tmp_path, env=_env(uri), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
-    latencies = tmp_path / "run" / "latencies.csv"
-    _wait_for(lambda: latencies.is_file() and len(latencies.read_text().splitlines()) > 40, 240,
-              "two timed chunks")
-    os.killpg(job.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    log = tmp_path / "run" / "latencies.npy"  # every latency, stored as it is measured
+
+    def measured() -> int:
+        try:
+            return int(np.count_nonzero(~np.isnan(np.load(log, mmap_mode="r"))))
+        except (OSError, ValueError):
+            return 0
+
+    _wait_for(lambda: job.poll() is None and measured() > 90, 240, "a chunk and a half")
+    before = measured()
+    os.kill(job.pid, signal.SIGINT)  # the parent alone: it stops its worker itself
     job.wait(timeout=60)
-    assert job.returncode != 0
+    assert job.returncode == 128 + signal.SIGINT
     (run,) = _runs(uri)
-    assert run.info.status == "KILLED"
-    assert run.data.metrics["partial.count"] >= 40
+    assert run.info.status == "KILLED" and "SIGINT" in run.data.tags["error"]
+    assert run.data.metrics["partial.count"] >= before
     names = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
     assert "latencies.csv" in names
     _wait_for(lambda: not _workers(tmp_path), 30, "no worker left behind")
@@ -132,6 +142,7 @@ def test_server_down_mid_job_then_sync_uploads_once(tmp_path: Path) -> None:
         _wait_for((tmp_path / "run" / "job.json").is_file, 120, "the job's run")
     # the server is down now; the job measures on and keeps its results
     stdout, _ = job.communicate(timeout=400)
+    assert job.returncode == 3  # measured, not logged
     job_dir = tmp_path / "run"
     assert (job_dir / "metrics.json").is_file() and not (job_dir / "published.json").exists()
     assert f"python -m runner.sync {job_dir}" in stdout

@@ -57,7 +57,7 @@ def test_job_end_to_end(tmp_path: Path) -> None:
     assert m["latency_p99_ms"] <= m["latency_max_ms"]
     assert m["count"] == 60
     assert m["total_time_s"] == pytest.approx(m["count"] / m["images_per_sec"])
-    assert m["cpu_util_mean"] >= 0 and m["time.load_s"] > 0
+    assert m["host_cpu_util_mean"] >= 0 and m["time.load_s"] > 0
     assert m["latency_mean_ci_low_ms"] <= m["latency_mean_ms"] <= m["latency_mean_ci_high_ms"]
     assert m["images_per_sec_ci_low"] <= m["images_per_sec"] <= m["images_per_sec_ci_high"]
     assert run.data.tags["detbench.stability"] in ("stable", "unstable")
@@ -74,7 +74,7 @@ def test_job_end_to_end(tmp_path: Path) -> None:
             "table_row.md"} <= names
     latencies = Path(client.download_artifacts(run.info.run_id, "latencies.csv", str(tmp_path)))
     assert len(latencies.read_text().splitlines()) == 61
-    assert client.get_metric_history(run.info.run_id, "sample.cpu.cpu_util_pct")
+    assert client.get_metric_history(run.info.run_id, "sample.cpu.host_cpu_util_pct")
 
 
 def test_config_error_fails_before_any_run(tmp_path: Path) -> None:

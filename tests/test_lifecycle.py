@@ -173,7 +173,7 @@ def test_sighup_to_the_job_alone_stops_its_worker_and_logs_partial_telemetry(
     (run,) = _runs(uri)
     assert run.info.status == "KILLED" and "SIGHUP" in run.data.tags["error"]
     assert run.data.metrics["partial.count"] >= measured
-    assert run.data.metrics["partial.cpu_util_mean"] >= 0  # from the rows the sampler took
+    assert run.data.metrics["partial.host_cpu_util_mean"] >= 0  # from the rows the sampler took
     assert run.data.metrics["partial.samples_count"] >= 1
     names = {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
     assert {jobdir.LATENCIES, jobdir.SAMPLES, jobdir.TELEMETRY} <= names
@@ -221,8 +221,9 @@ def _build_hang_after(directory: Path, calls: int, fifo: Path) -> Path:
 
         def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
             n = self.calls.assign_add(1)
-            blocked = tf.cond(n > calls, lambda: tf.io.read_file(str(fifo)),
-                              lambda: tf.constant(""))
+            # the name depends on n, so that grappler cannot constant-fold the read at load time
+            name = tf.strings.join([str(fifo), tf.strings.substr(tf.strings.as_string(n), 0, 0)])
+            blocked = tf.cond(n > calls, lambda: tf.io.read_file(name), lambda: tf.constant(""))
             zero = 0.0 * tf.cast(tf.strings.length(blocked), tf.float32)
             zero += 0.0 * tf.reduce_mean(tf.cast(image, tf.float32))
             return {"detection_boxes": tf.constant([[[0.1, 0.1, 0.6, 0.6]]]) + zero,
@@ -239,21 +240,28 @@ def test_a_model_hung_in_the_timed_loop_times_out_with_its_latencies(
         tmp_path: Path, cache_dir: Path) -> None:
     fifo = tmp_path / "never_written.fifo"
     os.mkfifo(fifo)
-    timed = 5  # 1 contract check + 1 warm-up call + 5 timed calls, then the 8th call hangs
-    model = _build_hang_after(tmp_path / "hang_after", 2 + timed, fifo)
+    # the model blocks from its 41st call on: well inside the timed loop over 60 images, after
+    # the untimed calls (what ran, the output checks of the first calls, 1 warm-up call)
+    model = _build_hang_after(tmp_path / "hang_after", 40, fifo)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = _job(tmp_path, uri, cache_dir, "model=custom", f"model.path={model}",
-               "dataset.num_images=20", "benchmark.warmup=1", "benchmark.timeout_s=40",
-               "benchmark.telemetry=false", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               "dataset.num_images=60", "benchmark.warmup=1", "benchmark.timeout_s=40",
+               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = job.communicate(timeout=300)
     assert job.returncode == 1, err[-3000:]
     (run,) = _runs(uri)
     assert run.info.status == "FAILED" and run.data.tags["error.type"] == "Timeout"
     assert "benchmark.timeout_s=40" in run.data.tags["error"]
+    timed = _measured(tmp_path / "run")
+    assert 20 <= timed < 40  # the calls before the hang, minus the untimed ones
     assert run.data.metrics["partial.count"] == timed
     rows = _artifact_rows(uri, run.info.run_id, jobdir.LATENCIES, tmp_path / "dl")
     assert len(rows) == timed
     assert not _workers(tmp_path)
+    # the worker was SIGKILLed (hung in C++): the sampler's streamed rows are what is left
+    if not (tmp_path / "run" / jobdir.SAMPLES).exists():
+        assert run.data.metrics["partial.samples_count"] >= 1
+        assert run.data.metrics["partial.telemetry_all_phases"] == 1.0
 
 
 # -- a full disk -------------------------------------------------------------------------------
@@ -460,3 +468,19 @@ def test_slurm_preset_leaves_time_to_end_the_runs() -> None:
     limit_s = cfg.hydra.launcher.timeout_min * 60
     assert limit_s >= cfg.benchmark.timeout_s + cfg.hydra.launcher.signal_delay_s + 600
     assert cfg.hydra.launcher.signal_delay_s >= 120
+
+
+def test_endings_keep_error_type_and_message_apart() -> None:
+    from runner import job, signals
+    from runner.results import export
+
+    killed = job.ending(signals.Terminated(signal.SIGTERM))
+    assert (killed.status, killed.error_type, killed.signal) == ("KILLED", "Terminated", 15)
+    told = job.ending(SystemExit(-1))  # what submitit raises on SLURM's time-limit signal
+    assert told.status == "KILLED" and "submitit" in (told.error or "")
+    failed = job.ending(job.JobFailed("boom", "ValueError"))
+    assert (failed.status, failed.error_type, failed.error) == ("FAILED", "ValueError", "boom")
+    assert failed.text == "ValueError: boom"
+    assert export.short_error("FAILED", failed.text, "ValueError", "boom") == (
+        "failed: ValueError: boom")
+    assert export.short_error("FAILED", "JobFailed: OSError: bad\ntrace") == "failed: OSError: bad"

@@ -27,7 +27,7 @@ def test_row_formats_like_the_public_table() -> None:
                 "latency_mean_ms": 100.49, "latency_median_ms": 100.39, "latency_min_ms": 96.66}
     metrics["bbox.APsmall"] = -1.0
     row = table.row("CenterNet HourGlass104", "512x512", "Native FP32", metrics)
-    assert row["AP"] == "38.47" and row["APsmall"] == "-1"
+    assert row["AP"] == "38.47" and row["APsmall"] == "n/a"
     assert row["images/sec"] == "9.95" and row["99th_percentile(ms)"] == "103.96"
     md = table.markdown([row]).splitlines()
     assert md[0].startswith("| Model") and md[1].startswith("|:") and md[1].endswith(":|")

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner import config, worker
+from runner import config, jobdir, worker
 from tests.conftest import compose_job
 
 
@@ -97,3 +97,52 @@ def test_low_telemetry_coverage_marks_the_run_unstable(tmp_path: Path) -> None:
         "warning"]
     assert worker.timing_metrics(steady, _cfg(), {"telemetry_coverage": 0.97},
                                  tmp_path)["stable"] == 1.0
+
+
+def test_keypoint_model_without_keypoint_annotations_keeps_keypoints_and_says_why(
+        tmp_path: Path) -> None:
+    """The real worker, in-process, with a keypoint SavedModel on a dataset that has no person
+    keypoint annotations: keypoints.json is written, the run is tagged with the reason, and the
+    telemetry of the run (sampling process, coverage) reaches the metrics and files."""
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from runner import data
+    from tests import models
+
+    model_dir = models.build_contract(tmp_path / "model", "keypoints")
+    (tmp_path / "img").mkdir()
+    images = []
+    for i in (1, 2):
+        Image.new("RGB", (64, 48), (i * 60, 90, 120)).save(tmp_path / "img" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": 64, "height": 48})
+    ann = tmp_path / "instances.json"
+    ann.write_text(json.dumps({"images": images, "categories": [{"id": 1, "name": "person"}],
+                               "annotations": [{"id": 1, "image_id": 1, "category_id": 1,
+                                                "bbox": [16, 12, 32, 24], "area": 768,
+                                                "iscrowd": 0}]}))
+    raw = compose_job(["model=centernet_hg104_kpts", "dataset=coco_files",
+                       f"dataset.images_dir={tmp_path / 'img'}", f"dataset.annotations={ann}",
+                       "benchmark.warmup=1", "benchmark.sample_interval_s=0.01"])
+    cfg = config.to_object(raw)
+    dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
+    container = OmegaConf.to_container(raw, resolve=True)
+    assert isinstance(container, dict)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    worker.JobSpec(cfg={str(k): v for k, v in container.items()}, model_dir=str(model_dir),
+                   dataset=worker.dataset_dict(dataset)).write(job_dir)
+    metrics = worker.execute(job_dir)
+    keypoints = json.loads((job_dir / "keypoints.json").read_text())
+    assert len(keypoints) >= 2 and len(keypoints[0]["keypoints"]) == 17 * 3
+    tags = json.loads((job_dir / "environment.json").read_text())
+    assert tags["keypoints.no_metrics"] == worker.NO_KEYPOINT_ANNOTATIONS
+    assert not any(k.startswith("keypoints.") for k in metrics)
+    assert metrics["bbox.AP"] >= 0
+    # telemetry through the worker: coverage logged, rows streamed, exact CPU means labelled
+    assert 0 < metrics["telemetry_coverage"] <= 1
+    assert {"process_cpu_util_mean", "host_cpu_util_mean"} <= set(metrics)
+    assert (job_dir / jobdir.TELEMETRY_ROWS).is_file() and (job_dir / "samples.csv").is_file()
+    telemetry = json.loads((job_dir / "telemetry.json").read_text())
+    assert telemetry["incomplete"] == "" and "telemetry.incomplete" not in tags
+    assert tags["detbench.timing_method"] == worker.NATIVE_METHOD

@@ -75,7 +75,7 @@ class Verdict:
     def text(self) -> str:
         if self.status in (REPRODUCED, OUTSIDE):
             sign = "<=" if abs(self.ap_diff) <= self.tolerance else ">"
-            head = (f"{'reproduced' if self.within else 'OUTSIDE'}: |{self.ap_diff:+.2f}| "
+            head = (f"{'reproduced' if self.within else 'OUTSIDE'}: |{_points(self.ap_diff)}| "
                     f"{sign} {self.tolerance:g}")
         elif self.status == SUBSET:
             head = f"subset: {self.detail}, not a reproduction"
@@ -171,7 +171,7 @@ class Comparison:
             for col in (*AP_COLUMNS, *RATIO_COLUMNS):
                 value = row[f"diff {col}"]
                 if pd.notna(value):
-                    diff[col] = f"{value:+.2f}" if col in AP_COLUMNS else f"x{value:.2f}"
+                    diff[col] = _points(value) if col in AP_COLUMNS else f"x{value:.2f}"
             rows += [measured, reference, diff]
         columns = [*self.columns()]
         return markdown(rows, columns, frozenset({"Model", "Input", "TF-TRT", SIDE_COLUMN,
@@ -189,6 +189,11 @@ class Comparison:
         frame["tolerance"] = [v.tolerance for v in self.verdicts]
         frame["likely_causes"] = ["; ".join(v.causes) for v in self.verdicts]
         return frame
+
+
+def _points(value: float) -> str:
+    """A signed difference with two decimals; one that rounds to zero reads +0.00, not -0.00."""
+    return f"{round(value, 2) + 0.0:+.2f}"
 
 
 def _cells(row: pd.Series, prefix: str) -> dict[str, str]:

@@ -102,7 +102,7 @@ def _diff_panel(ax: Any, ap: pd.DataFrame) -> None:
     ax.axvline(0.0, color="black", linewidth=1)
     ax.set_yticks(positions, list(ap["label"]), fontsize=8)
     for pos, value in zip(positions, ap["diff"], strict=True):
-        ax.annotate(f"{value:+.2f}", (value, pos), textcoords="offset points",
+        ax.annotate(f"{round(value, 2) + 0.0:+.2f}", (value, pos), textcoords="offset points",
                     xytext=(3 if value >= 0 else -3, 0), ha="left" if value >= 0 else "right",
                     va="center", fontsize=7)
     reach = max(float(ap["diff"].abs().max()), float(ap["tol"].max()), 0.1) * 1.35

@@ -1,15 +1,17 @@
 """Export benchmark runs from any MLflow tracking store: the public table and its figures.
 
-``python -m runner.results.export [filters] [--out results/]`` writes ``table.md`` (exactly the public
-table's columns, numbers formatted like it; failed runs as rows that say so, never zeros),
+``python -m runner.results.export [filters] [--out results/]`` writes ``table.md`` (exactly
+the public table's columns, numbers formatted like it; failed runs as rows that say so, never
+zeros),
 ``table.csv`` (the same data with raw numbers, one row per run, plus run id / status /
 environment columns), ``latency_mean.png`` (the public table's figure), ``ap_vs_latency.png``
 (Pareto front marked) and ``throughput.png``; ``--timeline RUN_ID`` plots one run's GPU (or CPU)
 utilization and power over time instead. Runs from different environments (tag ``env.key``) are
 refused unless ``--mix-environments``, which labels each row with its environment.
 
-Data flow: ``runner.results.runs.load_runs`` (MLflow -> DataFrame) -> :func:`build_report` (the table's
-rows) -> :func:`write_report` (table.md, table.csv and the figures of ``runner.results.plots``).
+Data flow: ``runner.results.runs.load_runs`` (MLflow -> DataFrame) -> :func:`build_report`
+(the table's rows) -> :func:`write_report` (table.md, table.csv and the figures of
+``runner.results.plots``).
 """
 
 from __future__ import annotations
@@ -40,8 +42,16 @@ log = logging.getLogger(__name__)
 META_COLUMNS: tuple[str, ...] = (
     "status", "error", "run_id", "run_name", "experiment", "start_time", "parent_run_id",
     "model", "resolution", "precision", "dataset", "env_key", "gpu_name", "tensorflow",
-    "cpu_model",
+    "cpu_model", "input_policy", "variant", "identity", "stability", "n", "run_ids",
 )
+#: Markdown column naming each row's measuring method (``benchmark.input_policy``: ``native``,
+#: or ``seed`` = the public script's timing and box conversion), shown when any row is not native
+METHOD_COLUMN = "Method"
+#: Columns table.md gains when they say something: the swept settings of a row, and for rows
+#: that average repeated runs of one config their count and the range of their images/sec.
+VARIANT_COLUMN = "Variant"
+N_COLUMN = "n"
+RANGE_COLUMN = "images/sec range"
 ERROR_CHARS = 60  # a failed row's AP cell: "failed: " + at most this many characters
 # "JobFailed: OSError: ..." -> "OSError: ...": wrappers in front of the real exception's name
 _WRAPPERS = re.compile(r"^(?:[A-Za-z_][\w.]*: )+(?=[A-Za-z_][\w.]*(?:Error|Exception): )")
@@ -154,6 +164,43 @@ def _extras_in_use(df: pd.DataFrame, extra: Sequence[str]) -> list[str]:
     return used
 
 
+def aggregate_repeats(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per config: FINISHED runs with the same ``detbench.identity`` (everything that
+    changes a measurement) in the same environment become one row whose metrics are their
+    means; ``n`` counts them, ``run_ids`` lists them, ``images/sec`` keeps its spread
+    (``metrics.images_per_sec_min/_max/_std``) and its 95 % interval becomes the t-interval of
+    the mean over the runs. Runs that differ in anything measured are never merged; failed
+    runs stay rows of their own."""
+    from scipy import stats as sps
+
+    out = df.assign(n=1, run_ids=df["run_id"])
+    done = out[(out["status"] == "FINISHED") & out["identity"].notna()]
+    keys = done["identity"].astype(str) + "|" + done["env_key"].fillna("").astype(str)
+    merged, drop = [], []
+    for _, group in done.groupby(keys, sort=False):
+        if len(group) < 2:
+            continue
+        row = group.iloc[0].copy()
+        metric_cols = [c for c in group.columns if str(c).startswith(METRIC_PREFIX)]
+        row[metric_cols] = group[metric_cols].mean(numeric_only=True)
+        ips = group[f"{METRIC_PREFIX}images_per_sec"].astype(float)
+        mean, sd, n = float(ips.mean()), float(ips.std(ddof=1)), len(ips)
+        half = float(sps.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+        row[f"{METRIC_PREFIX}images_per_sec_ci_low"] = mean - half
+        row[f"{METRIC_PREFIX}images_per_sec_ci_high"] = mean + half
+        row[f"{METRIC_PREFIX}images_per_sec_min"] = float(ips.min())
+        row[f"{METRIC_PREFIX}images_per_sec_max"] = float(ips.max())
+        row[f"{METRIC_PREFIX}images_per_sec_std"] = sd
+        row["n"], row["run_ids"] = n, ";".join(group["run_id"])
+        if (group["stability"] == "unstable").any():
+            row["stability"] = "unstable"
+        merged.append(row)
+        drop.extend(group.index)
+    if not merged:
+        return out
+    return pd.concat([out.drop(index=drop), pd.DataFrame(merged)], ignore_index=True)
+
+
 @dataclass
 class Report:
     """What :func:`build_report` computed: the markdown rows and the raw CSV frame."""
@@ -172,23 +219,43 @@ def build_report(df: pd.DataFrame, extra: str | Sequence[str] = (),
                  mix_environments: bool = False) -> Report:
     """Table rows (formatted) and the CSV frame (raw numbers) of the runs, in table order."""
     labels = check_environments(df, mix_environments)
-    runs = order_runs(df)
+    runs = order_runs(aggregate_repeats(df))
     used = _extras_in_use(runs, parse_extra(extra))
-    ci = _ci_bounds(runs) if "ci" in used else None
-    columns = [*table.COLUMNS, *(EXTRAS[n].column for n in used)]
+    ci = _ci_bounds(runs, from_artifacts="ci" in used)
+    variants = runs["variant"].fillna("").astype(str)
+    repeated = bool((runs["n"] > 1).any())
+    columns = [*table.COLUMNS[:3], *([VARIANT_COLUMN] if variants.ne("").any() else []),
+               *table.COLUMNS[3:], *(EXTRAS[n].column for n in used),
+               *([N_COLUMN, RANGE_COLUMN] if repeated else [])]
     if labels:
         columns.append(ENV_COLUMN)
+    policies = {str(p) for p in runs.get("input_policy", pd.Series(dtype=object)).dropna()}
+    if policies - {"native"}:
+        columns.append(METHOD_COLUMN)
     rows, raws = [], []
     for i, run in runs.iterrows():
-        bounds = ci[i] if ci is not None else (math.nan, math.nan)
-        row, raw = _row(run, used, bounds)
+        row, raw = _row(run, used, ci[i])
+        row[VARIANT_COLUMN], raw[VARIANT_COLUMN] = _cell(variants[i]), variants[i]
+        metrics = _metrics(run)
+        row[N_COLUMN] = str(int(run["n"]))
+        if int(run["n"]) > 1:
+            row[RANGE_COLUMN] = (f"{metrics['images_per_sec_min']:.2f}-"
+                                 f"{metrics['images_per_sec_max']:.2f}")
         if labels:
             env = labels.get(str(run["env_key"]), "unknown")
             row[ENV_COLUMN], raw[ENV_COLUMN] = _cell(env), env
+        if METHOD_COLUMN in columns:
+            policy = run.get("input_policy")
+            row[METHOD_COLUMN] = _cell(policy if isinstance(policy, str) else "")
         rows.append(row)
         raws.append(raw | _meta(run))
-    raw_columns = [name for c in columns
+    raw_columns = [name for c in columns  # input_policy, n: META columns
+                   if c not in (N_COLUMN, RANGE_COLUMN, METHOD_COLUMN)
                    for name in ((CI_LOW, CI_HIGH) if c == CI_COLUMN else (c,))]
+    for name in (VARIANT_COLUMN, CI_LOW, CI_HIGH, "images/sec_min", "images/sec_max",
+                 "images/sec_std"):
+        if name not in raw_columns:
+            raw_columns.append(name)
     frame = pd.DataFrame(raws, columns=[*raw_columns, *META_COLUMNS])
     return Report(columns, rows, frame)
 
@@ -204,16 +271,24 @@ def _row(run: pd.Series, extras: Sequence[str],
                            "TF-TRT": run["precision_display"]}
     for col, metric in table.METRIC_OF_COLUMN.items():
         scale = 100.0 if col in table.PERCENT_COLUMNS else 1.0
-        raw[col] = metrics[metric] * scale if metric in metrics else math.nan
+        value = metrics.get(metric)
+        if value is None:
+            raw[col] = math.nan
+        elif col in table.PERCENT_COLUMNS and value < 0:  # COCOeval's -1
+            raw[col] = table.NOT_APPLICABLE
+        else:
+            raw[col] = value * scale
     if not finished:
         row["AP"] = _cell(short_error(str(run["status"]), run["error"], run.get("error_type"),
                                       run.get("error_message")))
+    raw[CI_LOW], raw[CI_HIGH] = ci if finished else (math.nan, math.nan)
+    for stat in ("min", "max", "std"):
+        raw[f"images/sec_{stat}"] = metrics.get(f"images_per_sec_{stat}", math.nan)
     for name in extras:
         spec = EXTRAS[name]
         if spec.metric is None:  # ci
             ok = finished and not math.isnan(ci[0])
             row[spec.column] = f"{ci[0]:.2f}-{ci[1]:.2f}" if ok else ""
-            raw[CI_LOW], raw[CI_HIGH] = ci if finished else (math.nan, math.nan)
             continue
         value = metrics.get(spec.metric)
         row[spec.column] = "" if value is None else f"{value * spec.scale:.{spec.digits}f}"
@@ -228,9 +303,11 @@ def _meta(run: pd.Series) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in meta.items()}
 
 
-def _ci_bounds(runs: pd.DataFrame) -> dict[Any, tuple[float, float]]:
-    """Index -> 95 % batch-means interval of images/sec: the logged metrics
-    images_per_sec_ci_low/high if any, else from the run's latencies.csv."""
+def _ci_bounds(runs: pd.DataFrame,
+               from_artifacts: bool = True) -> dict[Any, tuple[float, float]]:
+    """Index -> 95 % interval of images/sec: the logged metrics images_per_sec_ci_low/high
+    (one run: batch means over its timed calls; a row of repeats: t-interval over the runs)
+    if any, else (``from_artifacts``) computed from the run's latencies.csv, else NaN."""
     out: dict[Any, tuple[float, float]] = {}
     for i, run in runs.iterrows():
         metrics = _metrics(run)
@@ -238,8 +315,10 @@ def _ci_bounds(runs: pd.DataFrame) -> dict[Any, tuple[float, float]]:
             out[i] = (math.nan, math.nan)
         elif "images_per_sec_ci_low" in metrics and "images_per_sec_ci_high" in metrics:
             out[i] = (metrics["images_per_sec_ci_low"], metrics["images_per_sec_ci_high"])
-        else:
+        elif from_artifacts:
             out[i] = _bootstrap_from_artifact(str(run["tracking_uri"]), str(run["run_id"]))
+        else:
+            out[i] = (math.nan, math.nan)
     return out
 
 
@@ -257,8 +336,9 @@ def _bootstrap_from_artifact(uri: str, run_id: str) -> tuple[float, float]:
 
 def read_table_csv(path: str | Path) -> pd.DataFrame:
     """table.csv back as written: ids and keys stay text even when they look like numbers."""
-    text = ("Model", "Input", "TF-TRT", ENV_COLUMN, *META_COLUMNS)
-    return pd.read_csv(path, dtype=dict.fromkeys(text, "str"))
+    text = ("Model", "Input", "TF-TRT", VARIANT_COLUMN, ENV_COLUMN, *META_COLUMNS)
+    dtypes: dict[str, Any] = dict.fromkeys(text, "str") | {"n": "Int64"}
+    return pd.read_csv(path, dtype=dtypes, na_values=[table.NOT_APPLICABLE])
 
 
 def write_report(df: pd.DataFrame, out_dir: str | Path, extra: str | Sequence[str] = (),

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from runner import tracking
-from runner.results.table import CI_HIGH, CI_LOW, ENV_COLUMN
+from runner.results.table import CI_HIGH, CI_LOW, ENV_COLUMN, PERCENT_COLUMNS
 from runner.tracking import resolve_uri
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,13 @@ class NoSamplesError(ValueError):
 
 def _figure(size_in: tuple[float, float]) -> Any:
     import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     matplotlib.rcParams["axes.formatter.useoffset"] = False  # plain tick labels, no "+7.12e1"
-    return Figure(figsize=size_in, dpi=DPI, layout="constrained")
+    fig = Figure(figsize=size_in, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure text with (label placement) before saving
+    return fig
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -52,11 +55,39 @@ def bar_size_in(n_bars: int) -> tuple[float, float]:
     return BAR_WIDTH_IN, float(min(40.0, max(4.0, 1.2 + 0.3 * n_bars)))
 
 
+#: The AP axis never spans less than this (AP points, x100): runs 0.03 apart are equal, and a
+#: tighter axis would draw noise as a trend.
+MIN_AP_SPAN = 2.0
+LOG_X_RATIO = 8.0  # latency spans beyond this factor get a log axis
+VARIANT = "Variant"
+INTERVAL_NOTE = ("error bars: 95% interval (one run: batch means over its timed calls;\n"
+                 "n runs of one config: t-interval of their mean)")
+
+
 def _finished(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """FINISHED rows with a number in each column (COCO's "n/a" is no number)."""
+    frame = frame.copy()
+    for col in columns:
+        if col in PERCENT_COLUMNS or frame[col].dtype == object:
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
     keep = frame["status"] == "FINISHED"
     for col in columns:
         keep &= frame[col].notna()
     return frame[keep]
+
+
+def _suffixes(frame: pd.DataFrame) -> list[str]:
+    """" [benchmark.warmup=5]" for swept settings, " (n=3)" for averaged repeats, " unstable"."""
+    variant = frame[VARIANT] if VARIANT in frame else pd.Series("", index=frame.index)
+    n = frame["n"] if "n" in frame else pd.Series(1, index=frame.index)
+    stability = frame["stability"] if "stability" in frame else pd.Series("", index=frame.index)
+    out = []
+    for v, k, s in zip(variant, n, stability, strict=True):
+        text = f" [{v}]" if isinstance(v, str) and v else ""
+        text += f" (n={int(k)})" if pd.notna(k) and int(k) > 1 else ""
+        text += " unstable" if s == "unstable" else ""
+        out.append(text)
+    return out
 
 
 def run_labels(frame: pd.DataFrame, with_precision: bool | None = None) -> list[str]:
@@ -64,9 +95,14 @@ def run_labels(frame: pd.DataFrame, with_precision: bool | None = None) -> list[
     the run id's start where two runs would read the same."""
     if with_precision is None:
         with_precision = frame["TF-TRT"].nunique() > 1
-    labels = [f"{label} {p}" if with_precision else label
-              for label, p in zip(_model_labels(frame), frame["TF-TRT"], strict=True)]
+    labels = [(f"{label} {p}" if with_precision else label) + suffix
+              for label, p, suffix in zip(_model_labels(frame), frame["TF-TRT"],
+                                          _suffixes(frame), strict=True)]
     counts = pd.Series(labels).value_counts()
+    if not with_precision:  # a model's rows of several precisions: name the precision
+        labels = [f"{lab} {p}" if counts[lab] > 1 else lab
+                  for lab, p in zip(labels, frame["TF-TRT"], strict=True)]
+        counts = pd.Series(labels).value_counts()
     return [f"{lab} ({rid[:6]})" if counts[lab] > 1 else lab
             for lab, rid in zip(labels, frame["run_id"], strict=True)]
 
@@ -97,11 +133,21 @@ def plot_latency_mean(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     ax = fig.add_subplot()
     values = data["latency_mean(ms)"].to_numpy()
     bars = ax.barh(range(len(data)), values, color=[colors[p] for p in data["TF-TRT"]])
+    _hatch_unstable(bars, data)
     ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize=8)
     _bar_axes(ax, labels, "latency mean (ms), batch 1", "Latency mean per model", margin=0.12)
     if len(colors) > 1:
         _legend(ax, colors)
     return _save(fig, out_dir / "latency_mean.png")
+
+
+def _hatch_unstable(bars: Any, data: pd.DataFrame) -> None:
+    if "stability" not in data:
+        return
+    for bar, stability in zip(bars, data["stability"], strict=True):
+        if stability == "unstable":
+            bar.set_hatch("//")
+            bar.set_edgecolor("black")
 
 
 def _bar_axes(ax: Any, labels: Sequence[str], xlabel: str, title: str, margin: float) -> None:
@@ -135,85 +181,113 @@ def pareto_front(latency: Sequence[float], ap: Sequence[float]) -> list[int]:
 
 
 def plot_ap_vs_latency(frame: pd.DataFrame, out_dir: Path) -> Path | None:
-    """ap_vs_latency.png: AP against latency mean, one series per precision, Pareto front."""
+    """ap_vs_latency.png: AP against latency mean, one series and one Pareto front per
+    precision (a front across precisions would compare an FP32 run with an INT8 one), labels
+    placed by adjustText so that none overlaps, an AP axis of at least MIN_AP_SPAN."""
     data = _finished(frame, "latency_mean(ms)", "AP")
     if data.empty:
         log.info("ap_vs_latency.png: no finished run with AP and latency; not drawn")
         return None
-    fig = _figure(SCATTER_SIZE_IN)
+    fig = _figure(SCATTER_SIZE_IN if len(data) <= 12 else (14.0, 10.0))
     ax = fig.add_subplot()
     colors = _precision_colors(list(data["TF-TRT"]))
     for precision, group in data.groupby("TF-TRT", sort=False):
-        ax.scatter(group["latency_mean(ms)"], group["AP"], s=36, color=colors[str(precision)],
-                   label=str(precision), zorder=3)
-    lat, ap = list(data["latency_mean(ms)"]), list(data["AP"])
-    front = pareto_front(lat, ap)
-    ax.step([lat[i] for i in front], [ap[i] for i in front], where="post", color="black",
-            linestyle="--", linewidth=1, zorder=2)
-    ax.scatter([lat[i] for i in front], [ap[i] for i in front], s=130, facecolors="none",
-               edgecolors="black", linewidths=1.2, label="Pareto front", zorder=4)
-    middle = (min(lat) + max(lat)) / 2
-    for x, y, label in zip(lat, ap, run_labels(data, with_precision=False), strict=True):
-        right = x > middle
-        text = ax.annotate(label, (x, y), textcoords="offset points",
-                           xytext=(-4 if right else 4, 4), ha="right" if right else "left",
-                           fontsize=7)
-        text.set_in_layout(False)
-    ax.set_xlabel("latency mean (ms), batch 1")
+        color = colors[str(precision)]
+        lat, ap = list(group["latency_mean(ms)"]), list(group["AP"])
+        ax.scatter(lat, ap, s=36, color=color, label=str(precision), zorder=3)
+        front = pareto_front(lat, ap)
+        ax.step([lat[i] for i in front], [ap[i] for i in front], where="post", color=color,
+                linestyle="--", linewidth=1.2, zorder=2)
+        ax.scatter([lat[i] for i in front], [ap[i] for i in front], s=130, facecolors="none",
+                   edgecolors=color, linewidths=1.2, zorder=4)
+    ax.plot([], [], color="black", linestyle="--", marker="o", markerfacecolor="none",
+            markersize=10, label="Pareto front (per precision)")
+    _min_span(ax, data["AP"], MIN_AP_SPAN)
+    latency = data["latency_mean(ms)"]
+    log_x = float(latency.max()) > LOG_X_RATIO * float(latency.min())
+    if log_x:  # the zoo spans 35-1200 ms: on a linear axis the fast half would be one clump
+        ax.set_xscale("log")
+        from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+        ticks = [t * 10.0 ** e for e in range(-1, 6) for t in (1, 2, 5)]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("latency mean (ms), batch 1" + (", log scale" if log_x else ""))
     ax.set_ylabel("COCO AP (box, x100)")
     ax.set_title("Accuracy against latency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="lower right")
+    _place_labels(ax, list(data["latency_mean(ms)"]), list(data["AP"]),
+                  run_labels(data, with_precision=False))  # precision: the colour
     return _save(fig, out_dir / "ap_vs_latency.png")
 
 
+def _min_span(ax: Any, values: pd.Series, span: float) -> None:
+    low, high = float(values.min()), float(values.max())
+    pad = max((high - low) * 0.08, (span - (high - low)) / 2, 0.0)
+    ax.set_ylim(low - pad, high + pad)
+
+
+def _place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float],
+                  labels: Sequence[str]) -> None:
+    """Point labels that do not overlap each other or the points (adjustText moves them and
+    draws a leader line where a label had to move away)."""
+    from adjustText import adjust_text
+
+    fontsize = 7 if len(labels) <= 20 else 6
+    texts = [ax.text(x, y, label, fontsize=fontsize) for x, y, label in
+             zip(xs, ys, labels, strict=True)]
+    ax.figure.canvas.draw()  # adjustText measures rendered text
+    adjust_text(texts, x=list(xs), y=list(ys), ax=ax, expand=(1.03, 1.15),
+                force_text=(0.05, 0.15), force_static=(0.05, 0.1), ensure_inside_axes=True,
+                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5}, time_lim=10)
+    for text in texts:
+        text.set_in_layout(False)
+    overlaps = label_overlaps(ax, texts)
+    if overlaps:
+        log.warning("ap_vs_latency.png: %d label pair(s) still overlap", overlaps)
+
+
+def label_overlaps(ax: Any, texts: Sequence[Any]) -> int:
+    """Pairs of labels whose rendered boxes intersect (0 is what a reader needs)."""
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    return sum(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
 def plot_throughput(frame: pd.DataFrame, out_dir: Path) -> Path | None:
-    """throughput.png: images/sec per model, one bar per precision; error bars: the 95 % CI of
-    a single run (when computed), the min-max range of several runs."""
+    """throughput.png: images/sec, one bar per row of the table (runs that differ in anything
+    measured are never merged into one bar; repeats of one config are one row already), colour
+    by precision, unstable runs hatched; error bars are the 95 % interval (INTERVAL_NOTE), and
+    a bar without one says so instead of drawing a zero-width bar."""
     data = _finished(frame, "images/sec")
     if data.empty:
         log.info("throughput.png: no finished run with images/sec; not drawn")
         return None
-    data = data.assign(_group=_model_labels(data))
-    groups = list(dict.fromkeys(data["_group"]))
-    precisions = list(dict.fromkeys(data["TF-TRT"]))
-    colors = _precision_colors(precisions)
-    fig = _figure(bar_size_in(len(groups) * len(precisions)))
+    labels = run_labels(data)
+    colors = _precision_colors(list(data["TF-TRT"]))
+    fig = _figure(bar_size_in(len(data)))
     ax = fig.add_subplot()
-    height = 0.8 / len(precisions)
-    for j, precision in enumerate(precisions):
-        ys, values, errors = [], [], []
-        for g, group in enumerate(groups):
-            cell = data[(data["_group"] == group) & (data["TF-TRT"] == precision)]
-            if cell.empty:
-                continue
-            value, low, high = _bar_value(cell)
-            ys.append(g - 0.4 + height * (j + 0.5))
-            values.append(value)
-            errors.append((value - low, high - value))
-        err = np.array(errors, dtype=np.float64).T if errors else None
-        bars = ax.barh(ys, values, height=height, color=colors[precision], label=precision,
-                       xerr=err, error_kw={"elinewidth": 1, "capsize": 2})
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize=7)
-    _bar_axes(ax, groups, "images/sec (images / total timed seconds), batch 1",
-              "Throughput per model and precision", margin=0.15)
-    ax.legend(title="precision", fontsize=8, loc="best")
+    values = data["images/sec"].to_numpy(dtype=np.float64)
+    low = pd.to_numeric(data[CI_LOW], errors="coerce").to_numpy(dtype=np.float64) \
+        if CI_LOW in data else np.full(len(data), np.nan)
+    high = pd.to_numeric(data[CI_HIGH], errors="coerce").to_numpy(dtype=np.float64) \
+        if CI_HIGH in data else np.full(len(data), np.nan)
+    has_ci = ~(np.isnan(low) | np.isnan(high))
+    err = np.vstack([np.where(has_ci, values - np.minimum(low, values), 0.0),
+                     np.where(has_ci, np.maximum(high, values) - values, 0.0)])
+    bars = ax.barh(range(len(data)), values, color=[colors[p] for p in data["TF-TRT"]],
+                   xerr=err, error_kw={"elinewidth": 1, "capsize": 3})
+    _hatch_unstable(bars, data)
+    texts = [f"{v:.2f}" if ok else f"{v:.2f} (no interval)"
+             for v, ok in zip(values, has_ci, strict=True)]
+    ax.bar_label(bars, labels=texts, padding=4, fontsize=7)
+    _bar_axes(ax, labels, "images/sec (images / total timed seconds), batch 1\n" + INTERVAL_NOTE,
+              "Throughput per run", margin=0.18)
+    if len(colors) > 1:
+        _legend(ax, colors)
     return _save(fig, out_dir / "throughput.png")
-
-
-def _bar_value(cell: pd.DataFrame) -> tuple[float, float, float]:
-    """(value, low, high) of one bar: mean of the runs, their range, or one run's CI."""
-    values = cell["images/sec"].to_numpy(dtype=np.float64)
-    value = float(values.mean())
-    if len(values) > 1:
-        return value, float(values.min()), float(values.max())
-    if CI_LOW in cell and pd.notna(cell[CI_LOW].iloc[0]) and pd.notna(cell[CI_HIGH].iloc[0]):
-        low, high = float(cell[CI_LOW].iloc[0]), float(cell[CI_HIGH].iloc[0])
-        return value, min(low, value), max(high, value)
-    return value, value, value
-
-
-# -- timeline -----------------------------------------------------------------------------------
 
 
 def load_samples(uri: str | None, run_id: str) -> pd.DataFrame:
@@ -284,8 +358,8 @@ def _timeline_quantities(samples: pd.DataFrame) -> tuple[str, list[str], str | N
     if gpus and "gpu_util_pct" in samples and samples["gpu_util_pct"].notna().any():
         power = "power_w" if "power_w" in samples and samples["power_w"].notna().any() else None
         return "gpu_util_pct", gpus, power
-    if "cpu_util_pct" in samples and samples["cpu_util_pct"].notna().any():
-        return "cpu_util_pct", [d for d in devices if not d.startswith("gpu")], None
+    if "host_cpu_util_pct" in samples and samples["host_cpu_util_pct"].notna().any():
+        return "host_cpu_util_pct", [d for d in devices if not d.startswith("gpu")], None
     return "", [], None
 
 
@@ -300,7 +374,7 @@ def plot_timeline(uri: str | None, run_id: str, out_dir: str | Path) -> Path:
     if not util:
         raise NoSamplesError(f"run {run_id} has no utilization samples to plot")
     name = tracking.client(uri).get_run(run_id).info.run_name or run_id
-    kind = "GPU" if util == "gpu_util_pct" else "CPU"
+    kind = "GPU" if util == "gpu_util_pct" else "host CPU"
     fig = _figure(TIMELINE_SIZE_IN)
     ax = fig.add_subplot()
     twin = ax.twinx() if power else None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from runner.results import table
+from datetime import datetime
+
 from runner.job import JobResult
+from runner.results import table
 
 
 def _details(m: dict[str, float]) -> str:
@@ -20,14 +22,41 @@ def _details(m: dict[str, float]) -> str:
         parts.append(f"GPU util mean {m['gpu_util_mean']:.0f}%")
     if "gpu_energy_per_image_j" in m:
         parts.append(f"{m['gpu_energy_per_image_j']:.3f} J/image")
-    if "cpu_util_mean" in m:
-        parts.append(f"CPU util mean {m['cpu_util_mean']:.0f}%")
+    if "process_cpu_util_mean" in m:
+        parts.append(f"CPU util mean: process tree {m['process_cpu_util_mean']:.0f}%, "
+                     f"host {m.get('host_cpu_util_mean', float('nan')):.0f}%")
     return "; ".join(parts)
+
+
+def print_stored(result: JobResult) -> None:
+    """A job skipped as already measured: the stored run's row, its link, how to measure
+    again. A store that cannot be read here only loses the row, never the skip."""
+    from runner import tracking
+
+    try:
+        run = tracking.client(result.tracking_uri).get_run(result.run_id)
+    except Exception as exc:  # noqa: BLE001 - the row is a courtesy
+        print(f"(stored run {result.run_id} not readable: {type(exc).__name__}: {exc})")
+        return
+    params, tags = run.data.params, run.data.tags
+    row = table.row(params.get("model.display_name") or tags.get("detbench.model", "?"),
+                    tags.get("detbench.resolution", "?"),
+                    params.get("precision.display_name") or tags.get("detbench.precision", "?"),
+                    run.data.metrics)
+    when = datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M")
+    print(f"\nstored result (run {result.run_id}, measured {when}):\n")
+    print(table.markdown([row]))
+    print()
+    if result.ui_link:
+        print(f"  browse: {result.ui_link}")
+    print("  measure again: add benchmark.rerun=true (a new run beside the stored one)")
 
 
 def print_result(result: JobResult) -> None:
     if result.status == "FINISHED":
-        print()
+        from runner.results.describe import headline
+
+        print(f"\n{result.name}: {headline(result.metrics).replace('**', '')}\n")
         print(table.markdown([result.row]))
         print()
         print(_details(result.metrics))
@@ -36,6 +65,8 @@ def print_result(result: JobResult) -> None:
                   "care")
     elif result.status == "SKIPPED":
         print(f"\njob {result.name} SKIPPED: {result.error}")
+        if result.run_id:
+            print_stored(result)
         return
     else:
         print(f"\njob {result.status}: {result.error}")

@@ -1,8 +1,8 @@
 """Benchmark runs from any MLflow tracking store as a pandas DataFrame: which runs (filters),
 their tags, params and latest metrics, and whether they come from one environment.
 
-``load_runs(uri, filters)`` is what ``runner.results.export`` (the table, CSV and plots) and the sweep's
-parent run (``runner.callbacks``) read.
+``load_runs(uri, filters)`` is what ``runner.results.export`` (the table, CSV and plots) and the
+sweep's parent run (``runner.callbacks``) read.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ TAG_COLUMNS: dict[str, str] = {
     "error_message": "error.message",
     "parent_run_id": "mlflow.parentRunId",
     "input_policy": "detbench.input_policy",
+    "variant": "detbench.variant",  # the swept settings beyond model/resolution/precision
+    "identity": "detbench.identity",  # hash of everything measured: repeats share it
+    "stability": "detbench.stability",
 }
 #: Param behind each column of :func:`load_runs` (the comparison with references needs them).
 PARAM_COLUMNS: dict[str, str] = {"num_images": "dataset.num_images", "repeats": "benchmark.repeats"}
@@ -212,7 +215,7 @@ def _record(run: Any, experiments: Mapping[str, str], uri: str) -> dict[str, Any
         "tracking_uri": uri,
     }
     record.update({f"{METRIC_PREFIX}{k}": float(v) for k, v in data.metrics.items()
-                   if not k.startswith("sample.")})
+                   if not k.startswith(("sample.", "system/", "table/"))})
     return record
 
 

@@ -26,6 +26,9 @@ METRIC_OF_COLUMN: dict[str, str] = {
     "latency_min(ms)": "latency_min_ms",
 }
 PERCENT_COLUMNS = frozenset(COLUMNS[3:15])
+#: COCOeval's -1 ("no ground truth of this size/kind"): shown as this in table.md, table.csv
+#: and left out of the plots, never as a number.
+NOT_APPLICABLE = "n/a"
 #: Columns an export adds: the environment of each row (mixed environments only), and the 95%
 #: interval of images/sec (as text in table.md, as its two bounds in table.csv).
 ENV_COLUMN = "Environment"
@@ -42,13 +45,13 @@ def row(model: str, resolution: str, precision: str,
         if value is None:
             out[col] = ""
         elif col in PERCENT_COLUMNS:
-            out[col] = f"{value * 100:.2f}" if value >= 0 else "-1"
+            out[col] = f"{value * 100:.2f}" if value >= 0 else NOT_APPLICABLE
         else:
             out[col] = f"{value:.2f}"
     return out
 
 
-TEXT_COLUMNS = frozenset({"Model", "Input", "TF-TRT", "Environment"})
+TEXT_COLUMNS = frozenset({"Model", "Input", "TF-TRT", "Variant", "Environment", "Method"})
 
 
 def markdown(rows: Sequence[Mapping[str, str]], columns: Sequence[str] = COLUMNS,

@@ -1,0 +1,78 @@
+"""Checks that refuse a job before any MLflow run exists (exit 2, one line), for what
+``config.validate`` cannot see from the typed values alone: keys that the schema does not have
+(a typo that Hydra's ``+key=value`` hint lets through) and a precision this machine cannot run.
+Both raise ``config.ConfigError`` naming the value and the choices."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import ConfigError, JobConfig
+
+#: Precisions that need an NVIDIA GPU whatever the TensorFlow build (TF-TRT has its own,
+#: more specific check in the worker: backends.tftrt.check_available).
+GPU_ONLY_AMP = ("fp16",)
+
+
+def check(cfg: DictConfig, job_cfg: JobConfig) -> None:
+    unknown_keys(cfg)
+    machine_can_run(job_cfg)
+
+
+def unknown_keys(cfg: DictConfig) -> None:
+    """Every key of the composed config must be a field of the schema: ``+benchmark.warmpu=3``
+    composes (Hydra adds it) but would be ignored or fail late in the worker."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(container, dict)
+    problems = list(_unknown(container, JobConfig, ""))
+    if problems:
+        key, valid = problems[0]
+        parent, _, name = key.rpartition(".")
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key {key!r}{hint}; valid keys here: "
+                          f"{', '.join(sorted(valid))}")
+
+
+def _unknown(data: dict[Any, Any], schema: type, prefix: str) -> Any:
+    hints = typing.get_type_hints(schema)
+    names = [f.name for f in dataclasses.fields(schema)]
+    for key, value in data.items():
+        if key not in names:
+            yield f"{prefix}{key}", names
+        elif dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
+            yield from _unknown(value, hints[key], f"{prefix}{key}.")
+
+
+def gpu_count() -> tuple[int, str]:
+    """(NVIDIA GPUs this process may use, how that was decided), without importing TensorFlow:
+    ``CUDA_VISIBLE_DEVICES`` hiding them all, else NVML's device count."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return 0, f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            count = int(pynvml.nvmlDeviceGetCount())
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # noqa: BLE001 - no driver, no library: no GPU
+        return 0, f"NVML: {type(exc).__name__}: {exc}"
+    return count, f"NVML sees {count}"
+
+
+def machine_can_run(job_cfg: JobConfig) -> None:
+    precision = job_cfg.precision
+    if precision.backend == "native" and precision.amp in GPU_ONLY_AMP:
+        count, why = gpu_count()
+        if count == 0:
+            raise ConfigError(f"precision={precision.name} needs an NVIDIA GPU and this machine "
+                              f"has none ({why}); on a CPU use precision=amp_bf16 or fp32")
