@@ -116,6 +116,12 @@ class SweepParentRun(Callback):
             self.jobs_failed += 1
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from runner import signals
+
+        with signals.deferred():  # a SIGTERM now is raised once the parent run has ended
+            self._end(config)
+
+    def _end(self, config: DictConfig) -> None:
         if self.run_id is None:
             return
         status = "FAILED"

@@ -310,7 +310,8 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
             result.metrics |= reference.log_difference(tracker, job_cfg, cfg, result.metrics)
         except Exception as exc:  # noqa: BLE001 - the server went away: publishing says so
             log.warning("AP difference to Native FP32 not logged: %s", exc)
-    result.pending_reason = _record_outcome(output_dir, outcome, tracker, problem)
+    with signals.deferred():  # a signal now ends the process after the run is ended, not during
+        result.pending_reason = _record_outcome(output_dir, outcome, tracker, problem)
     if result.pending_reason:
         result.pending_dir = output_dir
         log.warning("could not log to %s (%s); results kept in %s: upload them with "

@@ -14,13 +14,17 @@ period is over, cannot be handled: the runs it leaves RUNNING are reaped by the 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 
 HANDLED = (signal.SIGTERM, signal.SIGHUP)
 
 _received: int | None = None
+_deferring = False
+_pending: int | None = None
 
 
 class Terminated(BaseException):
@@ -37,11 +41,29 @@ class Terminated(BaseException):
 
 
 def _handler(signum: int, frame: FrameType | None) -> None:
-    global _received
+    global _received, _pending
     if _received is not None:  # already unwinding: let it finish
         return
     _received = signum
+    if _deferring:
+        _pending = signum
+        return
     raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a SIGTERM/SIGHUP that arrives inside until the block is done, then raise it: the
+    logging of a job's ending (its run's metrics and status) is not cut in half."""
+    global _deferring, _pending
+    _deferring = True
+    try:
+        yield
+    finally:
+        _deferring = False
+        signum, _pending = _pending, None
+        if signum is not None:
+            raise Terminated(signum)
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

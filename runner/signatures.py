@@ -237,7 +237,8 @@ def read_parsed(outputs: Outputs, spec: OutputSpec, frame: Frame | tuple[int, in
             n = max(0, min(num, rows))
     fmt = spec.format
     relative = fmt.startswith("rel_")
-    b = _to_yxyx(raw[:n].astype(np.float64), fmt)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite rows are the checks' job
+        b = _to_yxyx(raw[:n].astype(np.float64), fmt)
     classes = _rows(_get(outputs, spec.keys["classes"], "classes"), spec.keys["classes"],
                     batched, 0).reshape(-1)
     scores = _rows(_get(outputs, spec.keys["scores"], "scores"), spec.keys["scores"],

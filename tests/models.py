@@ -211,7 +211,9 @@ class _ConventionModel(tf.Module):
             if c.image_info:
                 s, ch, cw = geometry
                 ch, cw = tf.cast(ch, tf.float32), tf.cast(cw, tf.float32)
-                info = tf.stack([tf.stack([fed_h, fed_w]), tf.stack([ch, cw]),
+                # as official.vision's resize_and_crop_image: [original size, desired size,
+                # realized scale (scaled size / original), offset]
+                info = tf.stack([tf.stack([fed_h, fed_w]), tf.constant(c.internal, tf.float32),
                                  tf.stack([ch / fed_h, cw / fed_w]), tf.zeros([2])])[None]
         box, coco_id, height, width = _find_rectangle(pixels)
         if c.fault == "inverted":

@@ -484,3 +484,22 @@ def test_endings_keep_error_type_and_message_apart() -> None:
     assert export.short_error("FAILED", failed.text, "ValueError", "boom") == (
         "failed: ValueError: boom")
     assert export.short_error("FAILED", "JobFailed: OSError: bad\ntrace") == "failed: OSError: bad"
+
+
+def test_a_signal_while_an_ending_is_logged_is_raised_after_it() -> None:
+    from runner import signals
+
+    previous = {s: signal.getsignal(s) for s in (*signals.HANDLED, signal.SIGINT)}
+    logged = []
+    try:
+        assert signals.install()
+        with pytest.raises(signals.Terminated) as raised, signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)  # the handler runs between two bytecodes: here, and returns
+            logged.append("the run's status")
+        assert logged == ["the run's status"] and raised.value.exit_code == 143
+        assert signals.received() == signal.SIGTERM
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signals._received = None

@@ -84,3 +84,61 @@ def test_custom_adapter_pixels_xy_and_offset() -> None:
     det = signatures.adapter("custom", spec)(out, (100, 200))
     np.testing.assert_allclose(det.boxes[0], [0.1, 0.1, 0.5, 0.3])
     assert det.classes.tolist() == [5]
+
+
+def test_custom_outputs_name_keypoint_and_mask_outputs() -> None:
+    """issue 12 item 5: model.output_keys.keypoints / keypoint_scores / masks reach the spec;
+    keypoints follow the boxes' units and order (here pixels, x first)."""
+    from runner import config
+    from tests.conftest import compose_job
+
+    cfg = config.to_object(compose_job([
+        "model=custom", "model.outputs=custom", "model.output_keys.boxes=b",
+        "model.output_keys.classes=c", "model.output_keys.scores=s",
+        "model.output_keys.keypoints=k", "model.output_keys.keypoint_scores=ks",
+        "model.output_keys.masks=m", "model.box_format=xyxy"]))
+    reader = signatures.from_config(cfg.model)
+    out = {"b": np.array([[[20.0, 10.0, 60.0, 50.0]]], np.float32),
+           "c": np.array([[1.0]]), "s": np.array([[0.9]]),
+           "k": np.array([[[[40.0, 30.0], [20.0, 10.0]]]], np.float32),
+           "ks": np.array([[[1.0, 0.5]]], np.float32), "m": np.ones((1, 1, 5, 5), np.float32)}
+    det = reader(out, (100, 200))
+    np.testing.assert_allclose(det.boxes[0], [0.1, 0.1, 0.5, 0.3])
+    assert det.keypoints is not None and det.masks is not None
+    np.testing.assert_allclose(det.keypoints[0], [[0.3, 0.2], [0.1, 0.1]])  # (y, x) normalized
+    assert det.keypoint_scores is not None and det.masks.shape == (1, 5, 5)
+
+
+def test_frames_map_boxes_back_through_padding_and_image_info() -> None:
+    from runner.detections import Frame
+
+    # a 100x200 image padded into 200x200 at scale 1 (bottom padding): relative boxes of the fed
+    # tensor are not relative to the image
+    frame = Frame((100, 200), (200, 200), (1.0, 1.0), (0.0, 0.0))
+    spec = signatures.OutputSpec(keys={"boxes": "b", "classes": "c", "scores": "s"},
+                                 box_format="rel_yxyx", lenient=True)
+    out = {"b": np.array([[[0.25, 0.25, 0.5, 0.75]]], np.float32),
+           "c": np.array([[1.0]]), "s": np.array([[0.9]])}
+    np.testing.assert_allclose(signatures.read(out, spec, frame).boxes[0], [0.5, 0.25, 1.0, 0.75])
+    # Model Garden: pixels of the image scaled by 3 (info row 2), offset 0
+    info_spec = signatures.OutputSpec(keys=spec.keys, box_format="yxyx", box_frame="image_info",
+                                      lenient=True)
+    out_info = {"b": np.array([[[30.0, 60.0, 150.0, 300.0]]], np.float32),
+                "c": np.array([[1]], np.int32), "s": np.array([[0.9]], np.float32),
+                "image_info": np.array([[[100, 200], [384, 384], [3, 3], [0, 0]]], np.float32)}
+    det = signatures.read(out_info, info_spec, Frame.identity(100, 200))
+    np.testing.assert_allclose(det.boxes[0], [0.1, 0.1, 0.5, 0.5])
+
+
+def test_unknown_box_frame_and_bad_combinations_are_config_errors() -> None:
+    from runner import config
+    from tests.conftest import compose_job
+
+    for overrides, match in (
+            (["model.box_frame=model"], "model.box_frame='model' is not valid; choose one of"),
+            (["model.box_format=xywh", "model.box_order=xy"], "names its own order"),
+            (["model.box_frame=internal"], "needs model.internal_size=HxW"),
+            (["model.input_range=[0,1]"], "need a float input"),
+            (["model.channel_order=grb"], "choose one of: rgb, bgr")):
+        with pytest.raises(config.ConfigError, match=match):
+            config.validate(compose_job(["model=custom", *overrides]))

@@ -146,3 +146,30 @@ def test_keypoint_model_without_keypoint_annotations_keeps_keypoints_and_says_wh
     telemetry = json.loads((job_dir / "telemetry.json").read_text())
     assert telemetry["incomplete"] == "" and "telemetry.incomplete" not in tags
     assert tags["detbench.timing_method"] == worker.NATIVE_METHOD
+
+
+def test_a_killed_sampling_process_tags_the_run_telemetry_incomplete(tmp_path: Path) -> None:
+    """What the worker writes when its sampling process was SIGKILLed mid-run: the rows taken
+    before the kill in samples.csv, and the tag telemetry.incomplete with the reason."""
+    import os
+    import signal
+    import time
+
+    from runner.telemetry import Sampler
+
+    jobdir.write_json(tmp_path / jobdir.ENVIRONMENT, {"env.key": "k"})
+    sampler = Sampler(interval_s=0.01, rows_path=tmp_path / jobdir.TELEMETRY_ROWS)
+    sampler.start()
+    sampler.mark_phase("timed")
+    time.sleep(0.05)
+    sampler.mark_phase("record")
+    assert sampler._child is not None
+    os.kill(sampler._child.pid, signal.SIGKILL)
+    sampler._child.wait()
+    sampler.stop()
+    worker.write_telemetry(sampler, tmp_path, sampler.wall_start)
+    tags = json.loads((tmp_path / jobdir.ENVIRONMENT).read_text())
+    assert tags["env.key"] == "k" and "signal 9" in tags["telemetry.incomplete"]
+    assert "timed" in (tmp_path / jobdir.SAMPLES).read_text()
+    assert json.loads((tmp_path / jobdir.TELEMETRY).read_text())["incomplete"] == (
+        tags["telemetry.incomplete"])

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from runner.telemetry import counters, nvml, summary
+from runner.telemetry import nvml as nvml_info
 from runner.telemetry.counters import CounterReader, Reading
 from runner.telemetry.probe import (
     MAX_ERRORS,
@@ -127,7 +128,9 @@ class Sampler:
         self._nvml: Any = None
         self._nvml_initialised = False
         self._devices: list[Gpu] = []
-        self._throttle_mask = sum(nvml_module_throttle_bits())
+        # the fallback bits; the NVML module's own once it is set up (``nvml`` the module is
+        # shadowed by the argument in this method)
+        self._throttle_mask = sum(nvml_info.THROTTLE_REASONS.values())
         if enabled:
             self._setup(nvml)
 
@@ -489,6 +492,3 @@ class Sampler:
             out["process_rss_hwm_mb"] = self.rss_hwm_mb
         return out
 
-
-def nvml_module_throttle_bits() -> tuple[int, ...]:
-    return tuple(nvml.THROTTLE_REASONS.values())
