@@ -63,6 +63,7 @@ def main(cfg: DictConfig) -> dict[str, str | None]:
     from pathlib import Path
 
     from runner import job
+    from runner.backends import UnsupportedPrecision
     from runner.results import report
     from runner.tracking import (
         TrackingUnavailable,
@@ -87,6 +88,13 @@ def main(cfg: DictConfig) -> dict[str, str | None]:
             sys.exit(2)
         return {"status": "FAILED", "name": "", "error": f"configuration error: {exc}",
                 "run_id": None}
+    except UnsupportedPrecision as exc:  # the backend's own reason; no download, no run
+        if hydra_cfg.mode == RunMode.RUN:  # asked for explicitly: an error, like a bad value
+            print(f"detbench: {exc}", file=sys.stderr)
+            sys.exit(2)
+        name = job.run_name(config.to_object(cfg))  # in a sweep: skipped, the rest runs
+        print(f"\njob {name} SKIPPED: {exc}")
+        return {"status": "SKIPPED", "name": name, "error": str(exc), "run_id": None}
     report.print_result(result)
     code = exit_code(result)
     if code and hydra_cfg.mode == RunMode.RUN:

@@ -255,7 +255,9 @@ def _store_problem(uri: str, exc: BaseException) -> str:
 
 
 def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobResult:
-    """Run one job; raises ConfigError (before any model loads) for bad input. An ending signal
+    """Run one job; raises ConfigError (before any model loads) for bad input and
+    backends.UnsupportedPrecision (before any download or run) for a backend this machine
+    cannot run. An ending signal
     (SIGTERM, SIGHUP, SIGINT) or submitit's SystemExit ends the run KILLED and is then re-raised
     (``python -m runner`` exits 128 + signal)."""
     from runner.tracking import Heartbeat, protect_job_dir, redact, resolve_uri
@@ -265,16 +267,17 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     config.validate(job_cfg)
     from runner import preflight
 
-    preflight.check(cfg, job_cfg)  # unknown keys, a precision this machine cannot run
+    preflight.check(cfg, job_cfg)  # unknown keys
     name = run_name(job_cfg)
     uri = redact(resolve_uri(job_cfg.tracking.uri))
     reason = config.skip_reason(job_cfg)
     if reason:
         return JobResult("SKIPPED", None, uri, error=reason, name=name)
-    available, unavailable = _availability(job_cfg)
+    # once per job, before any download or run; raises backends.UnsupportedPrecision (exit 2
+    # for one job, SKIPPED with its reason in a sweep: runner.__main__)
+    available = backends.check_available(job_cfg.precision)
     prints = fingerprint.of_job(  # loads and validates the dataset: before any run
-        job_cfg, backends.get(job_cfg.precision.backend).environment(available),
-        backend_ready=unavailable is None)
+        job_cfg, backends.get(job_cfg.precision.backend).environment(available))
     signals.install()  # also where submitit runs the job without runner.__main__
     tracker, skip, problem = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir,
                                              prints)
@@ -290,8 +293,6 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     try:
         jobdir.write_text(output_dir / jobdir.CONFIG,
                           redact(OmegaConf.to_yaml(cfg, resolve=True)))
-        if unavailable is not None:  # the run records why
-            raise unavailable
         result.metrics = _acquire_and_measure(job_cfg, cfg, output_dir, available)
         result.row = table.row(job_cfg.model.display_name, config.nominal_resolution(job_cfg),
                                job_cfg.precision.display_name, result.metrics)
@@ -395,14 +396,6 @@ def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[A
     jobdir.write_json(job_dir / jobdir.CALIBRATION,
                       {"source": need.source, "count": len(rows), "images": rows})
     return rows
-
-
-def _availability(cfg: JobConfig) -> tuple[dict[str, str], Exception | None]:
-    """The backend's availability check, once per job (its result goes to the child)."""
-    try:
-        return backends.check_available(cfg.precision), None
-    except backends.UnsupportedPrecision as exc:
-        return {}, exc
 
 
 def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path,

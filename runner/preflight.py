@@ -1,7 +1,9 @@
 """Checks that refuse a job before any MLflow run exists (exit 2, one line), for what
 ``config.validate`` cannot see from the typed values alone: keys that the schema does not have
-(a typo that Hydra's ``+key=value`` hint lets through) and a precision this machine cannot run.
-Both raise ``config.ConfigError`` naming the value and the choices."""
+(a typo that Hydra's ``+key=value`` hint lets through). Raises ``config.ConfigError`` naming the
+value and the choices. A precision this machine cannot run is the backend's own availability
+check (``runner.backends``, e.g. AMP FP16 without a GPU): ``runner.job`` asks it next, and
+``runner.__main__`` turns it into exit 2 for one job, SKIPPED with the reason in a sweep."""
 
 from __future__ import annotations
 
@@ -15,14 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import ConfigError, JobConfig
 
-#: Precisions that need an NVIDIA GPU whatever the TensorFlow build (TF-TRT has its own,
-#: more specific check in the worker: backends.tftrt.check_available).
-GPU_ONLY_AMP = ("fp16",)
-
 
 def check(cfg: DictConfig, job_cfg: JobConfig) -> None:
     unknown_keys(cfg)
-    machine_can_run(job_cfg)
 
 
 def unknown_keys(cfg: DictConfig) -> None:
@@ -67,12 +64,3 @@ def gpu_count() -> tuple[int, str]:
     except Exception as exc:  # noqa: BLE001 - no driver, no library: no GPU
         return 0, f"NVML: {type(exc).__name__}: {exc}"
     return count, f"NVML sees {count}"
-
-
-def machine_can_run(job_cfg: JobConfig) -> None:
-    precision = job_cfg.precision
-    if precision.backend == "native" and precision.amp in GPU_ONLY_AMP:
-        count, why = gpu_count()
-        if count == 0:
-            raise ConfigError(f"precision={precision.name} needs an NVIDIA GPU and this machine "
-                              f"has none ({why}); on a CPU use precision=amp_bf16 or fp32")

@@ -89,3 +89,56 @@ def test_reference_precision_is_the_default_one() -> None:
     assert ref("precision=fp32") and ref("precision=fp32", "precision.litert.mode=int8")
     assert not ref("precision=amp_bf16") and not ref("precision=litert_fp32")
     assert not ref("precision=fp32", "precision.xla=true")
+
+
+def _runner(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+            multirun: bool = False) -> tuple[subprocess.CompletedProcess[str], Path]:
+    db = tmp_path / "mlflow.db"
+    cmd = [sys.executable, "-m", "runner", *(["-m"] if multirun else []),
+           f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"tracking.uri=sqlite:///{db}",
+           f"cache_dir={tmp_path / 'cache'}", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True, timeout=600)
+    return proc, db
+
+
+def _runs_in(db: Path) -> list[str]:
+    """Precisions of the job runs in the store (a sweep's own parent run aside)."""
+    if not db.exists():
+        return []
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("detbench")
+    if exp is None:
+        return []
+    return [r.data.tags.get("detbench.precision", "?") for r in
+            client.search_runs([exp.experiment_id]) if "detbench.sweep" not in r.data.tags]
+
+
+@pytest.mark.parametrize("precision, needle", [
+    ("trt_fp16", "TF-TRT is not available"),  # TensorFlow here has no TensorRT
+    ("amp_fp16", "needs an NVIDIA GPU"),  # CUDA_VISIBLE_DEVICES=-1 hides any GPU
+])
+def test_an_unavailable_precision_asked_for_alone_exits_2_with_one_line(
+        tmp_path: Path, precision: str, needle: str) -> None:
+    # a zoo model not in the (empty) cache: a download attempted first would fail differently
+    proc, db = _runner(tmp_path, "model=centernet_resnet50_v2", f"precision={precision}",
+                       env={"CUDA_VISIBLE_DEVICES": "-1"})
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("detbench: "), lines
+    assert _runs_in(db) == []
+    assert not list((tmp_path / "cache").rglob("*.tar.gz"))  # nothing downloaded
+
+
+def test_a_sweep_skips_unavailable_precisions_with_their_reason(tmp_path: Path) -> None:
+    proc, db = _runner(tmp_path, "precision=trt_fp16,amp_fp16,fp32",
+                       "dataset.num_images=4", "dataset.calibration_split=null",
+                       "benchmark.warmup=1", "benchmark.telemetry=false",
+                       env={"CUDA_VISIBLE_DEVICES": "-1"}, multirun=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = proc.stdout[proc.stdout.index("Sweep summary"):]
+    assert "1 finished, 2 skipped" in summary, summary
+    skipped = [line for line in summary.splitlines() if line.strip().startswith("SKIPPED")]
+    assert any("trt_fp16" in line and "not built with TensorRT" in line for line in skipped)
+    assert any("amp_fp16" in line and "needs an NVIDIA GPU" in line for line in skipped)
+    assert _runs_in(db) == ["fp32"]  # no run was created for the skipped ones

@@ -25,6 +25,8 @@ class SignatureError(ValueError):
 
 __all__ = ["NativeBackend", "SignatureError", "UnsupportedPrecision"]
 AMP_MODES = ("none", "fp16", "bf16")
+#: AMP modes that need an NVIDIA GPU whatever the TensorFlow build
+GPU_ONLY_AMP = ("fp16",)
 
 
 def enable_xla_before_tf_import() -> None:
@@ -142,6 +144,19 @@ class NativePlugin(Plugin):
         if precision.amp not in AMP_MODES:
             raise ConfigError(f"precision.amp={precision.amp!r} is not valid; choose one of: "
                               f"{', '.join(AMP_MODES)}")
+
+    def check_available(self, precision: Any) -> dict[str, str]:
+        """AMP FP16 needs an NVIDIA GPU whatever the TensorFlow build (asked without importing
+        TensorFlow: ``runner.preflight.gpu_count``)."""
+        if precision.amp in GPU_ONLY_AMP:
+            from runner.preflight import gpu_count
+
+            count, why = gpu_count()
+            if count == 0:
+                raise UnsupportedPrecision(
+                    f"precision={precision.name} needs an NVIDIA GPU and this machine has none "
+                    f"({why}); on a CPU use precision=amp_bf16 or fp32")
+        return {}
 
     def before_import(self, precision: Any) -> None:
         if precision.xla:

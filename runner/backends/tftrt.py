@@ -57,8 +57,43 @@ def versions() -> dict[str, str]:
     return out
 
 
+def tensorrt_build() -> bool | None:
+    """Whether the installed TensorFlow was built with TensorRT, read from its generated
+    ``tensorflow/python/platform/build_info.py`` without importing TensorFlow (the import costs
+    seconds and writes its C++ log lines to stderr, in a parent that may only need to refuse);
+    None when that file cannot be read (then ``tf.sysconfig`` decides)."""
+    import ast
+    from importlib import util
+
+    spec = util.find_spec("tensorflow")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = Path(root) / "python" / "platform" / "build_info.py"
+        try:
+            tree = ast.parse(path.read_text())
+        except (OSError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and node.args:
+                try:
+                    value = dict(ast.literal_eval(node.args[0]))
+                except (ValueError, TypeError):
+                    continue
+                if "is_tensorrt_build" in value:
+                    return bool(value["is_tensorrt_build"])
+    return None
+
+
 def check_available() -> dict[str, str]:
     """Raise UnsupportedPrecision unless this TensorFlow has TensorRT and sees an NVIDIA GPU."""
+    if tensorrt_build() is False:
+        from runner.backends.litert import _version
+
+        version = _version("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly")
+        raise UnsupportedPrecision(
+            f"TF-TRT is not available: TensorFlow {version} here is not built with "
+            f"TensorRT (pip TensorFlow dropped TF-TRT after 2.17); {HOW_TO_GET_IT}")
     import tensorflow as tf
 
     info = versions()
