@@ -39,6 +39,7 @@ from runner.results.table import (
     ENV_COLUMN,
     METRIC_OF_COLUMN,
     PERCENT_COLUMNS,
+    PRECISION_COLUMN,
 )
 from tests.conftest import CONF_DIR, check_png
 
@@ -246,7 +247,7 @@ def _check_table_against_runs(path: Path, runs: list[Run]) -> None:
             assert row[export.VARIANT_COLUMN] == run.data.tags.get("detbench.variant", "")
         assert row["Model"] == run.data.params["model.display_name"]
         assert row["Input"] == run.data.tags["detbench.resolution"]
-        assert row["TF-TRT"] == run.data.params["precision.display_name"]
+        assert row[PRECISION_COLUMN] == run.data.params["precision.display_name"]
         if run.info.status == "FINISHED":
             m = run.data.metrics
             assert row["AP"] == f"{m['bbox.AP'] * 100:.2f}"
@@ -563,3 +564,31 @@ def test_cli_exit_codes(produced: Produced, tmp_path: Path,
     proc = subprocess.run([sys.executable, "-m", "runner.results.export", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--mix-environments" in proc.stdout
+
+
+def test_ap_difference_to_native_fp32_in_csv_and_as_an_extra(tmp_path: Path) -> None:
+    """runner.reference's metric: always in table.csv, signed in table.md with --extra apdiff;
+    empty for the reference row itself (it has no difference logged)."""
+    df = _frame({"model": "demo", "model_display": "Demo", "metrics.bbox.AP": 0.7164},
+                {"model": "demo", "model_display": "Demo", "precision_display": "LiteRT INT8",
+                 "metrics.bbox.AP": 0.7029, "metrics.reference.bbox.AP_diff": -1.35},
+                {"model": "demo", "model_display": "Demo",
+                 "precision_display": "ONNX Runtime FP32", "metrics.bbox.AP": 0.7167,
+                 "metrics.reference.bbox.AP_diff": 0.03})
+    write_report(df, tmp_path / "plain")
+    header, rows = _parse(tmp_path / "plain" / "table.md")
+    assert export.AP_DIFF_COLUMN not in header and header[2] == PRECISION_COLUMN
+    csv = export.read_table_csv(tmp_path / "plain" / "table.csv")
+    by_precision = dict(zip(csv[PRECISION_COLUMN], csv[export.AP_DIFF_COLUMN], strict=True))
+    assert math.isnan(by_precision["Native FP32"])
+    assert by_precision["LiteRT INT8"] == -1.35 and by_precision["ONNX Runtime FP32"] == 0.03
+
+    write_report(df, tmp_path / "extra", extra="apdiff")
+    header, rows = _parse(tmp_path / "extra" / "table.md")
+    cells = {r[2]: r[header.index(export.AP_DIFF_COLUMN)] for r in rows}
+    assert cells == {"Native FP32": "", "LiteRT INT8": "-1.35", "ONNX Runtime FP32": "+0.03"}
+
+    legacy = tmp_path / "legacy.csv"  # a table.csv written with the public table's header
+    legacy.write_text((tmp_path / "plain" / "table.csv").read_text()
+                      .replace(PRECISION_COLUMN, "TF-TRT", 1))
+    assert list(export.read_table_csv(legacy)[PRECISION_COLUMN]) == list(csv[PRECISION_COLUMN])

@@ -12,6 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from runner.results import plots
+from runner.results.table import PRECISION_COLUMN
 from tests.conftest import check_png
 
 
@@ -138,7 +139,7 @@ def test_zoo_scale_figures(zoo_report: tuple[Path, dict[str, object]],
     assert plots.label_overlaps(scatter, texts) == 0
     fronts = [line for line in scatter.get_lines() if line.get_linestyle() == "--"
               and len(line.get_xdata()) > 0]
-    assert len(fronts) == finished["TF-TRT"].nunique() == 2
+    assert len(fronts) == finished[PRECISION_COLUMN].nunique() == 2
     bars = figures["throughput.png"].axes[0]  # type: ignore[attr-defined]
     assert len(bars.patches) == len(finished)
     assert "95% interval" in bars.get_xlabel()

@@ -33,7 +33,7 @@ import pandas as pd
 from runner.results import references
 from runner.results.references import KP_COLUMN, MASK_COLUMN, VALUE_COLUMNS, Reference
 from runner.results.runs import ExportError, Filters, environment_labels, load_runs
-from runner.results.table import COLUMNS, PERCENT_COLUMNS, markdown
+from runner.results.table import COLUMNS, PERCENT_COLUMNS, PRECISION_COLUMN, markdown
 
 #: ``auto``: the reference of each run's input policy.
 AUTO = "auto"
@@ -156,17 +156,17 @@ class Comparison:
         rows: list[dict[str, str]] = []
         for (_, row), verdict in zip(self.frame.iterrows(), self.verdicts, strict=True):
             names = {"Model": str(row["display_name"]), "Input": str(row["resolution"]),
-                     "TF-TRT": str(row["precision"])}
+                     PRECISION_COLUMN: str(row["precision"])}
             measured = {**names, SIDE_COLUMN: "measured", **_cells(row, "")}
             if row["status"] != "ok":
                 measured["AP"] = _cell_text(f"{row['status']}: {row['note']}"[:60])
             ref_name = row["reference"] or "-"
             ref_side = f"{ref_name}" + (f" {row['ref precision']}" if row["ref precision"] else "")
-            reference = {"Model": "", "Input": "", "TF-TRT": "", SIDE_COLUMN: ref_side,
+            reference = {"Model": "", "Input": "", PRECISION_COLUMN: "", SIDE_COLUMN: ref_side,
                          **_cells(row, "ref ")}
             if row["ref status"] == "failed":
                 reference["AP"] = "failed there"
-            diff = {"Model": "", "Input": "", "TF-TRT": "", SIDE_COLUMN: "difference",
+            diff = {"Model": "", "Input": "", PRECISION_COLUMN: "", SIDE_COLUMN: "difference",
                     VERDICT_COLUMN: _cell_text(verdict.text())}
             for col in (*AP_COLUMNS, *RATIO_COLUMNS):
                 value = row[f"diff {col}"]
@@ -174,13 +174,14 @@ class Comparison:
                     diff[col] = _points(value) if col in AP_COLUMNS else f"x{value:.2f}"
             rows += [measured, reference, diff]
         columns = [*self.columns()]
-        return markdown(rows, columns, frozenset({"Model", "Input", "TF-TRT", SIDE_COLUMN,
+        return markdown(rows, columns, frozenset({"Model", "Input", PRECISION_COLUMN, SIDE_COLUMN,
                                                   VERDICT_COLUMN}))
 
     def columns(self) -> list[str]:
         extra = [c for c in (KP_COLUMN, MASK_COLUMN)
                  if self.frame[c].notna().any() or self.frame[f"ref {c}"].notna().any()]
-        return ["Model", "Input", "TF-TRT", SIDE_COLUMN, *COLUMNS[3:], *extra, VERDICT_COLUMN]
+        return ["Model", "Input", PRECISION_COLUMN, SIDE_COLUMN, *COLUMNS[3:], *extra,
+                VERDICT_COLUMN]
 
     def csv_frame(self) -> pd.DataFrame:
         frame = self.frame.copy()

@@ -44,6 +44,9 @@ META_COLUMNS: tuple[str, ...] = (
     "model", "resolution", "precision", "dataset", "env_key", "gpu_name", "tensorflow",
     "cpu_model", "input_policy", "variant", "identity", "stability", "n", "run_ids",
 )
+#: The AP a conversion costs: always a column of table.csv, an --extra column of table.md
+AP_DIFF_COLUMN = "AP diff to Native FP32"
+AP_DIFF_METRIC = "reference.bbox.AP_diff"
 #: Markdown column naming each row's measuring method (``benchmark.input_policy``: ``native``,
 #: or ``seed`` = the public script's timing and box conversion), shown when any row is not native
 METHOD_COLUMN = "Method"
@@ -69,6 +72,7 @@ class Extra:
     scale: float = 1.0
     digits: int = 2
     only_if_logged: bool = False  # omitted when no selected run has the metric
+    signed: bool = False  # "+0.03": a difference
 
 
 EXTRAS: dict[str, Extra] = {
@@ -79,6 +83,10 @@ EXTRAS: dict[str, Extra] = {
     "gpu": Extra("gpu_util_mean(%)", "gpu_util_mean"),
     "energy": Extra("energy_per_image(J)", "gpu_energy_per_image_j", digits=3),
     "ci": Extra(CI_COLUMN, None),
+    # runner.reference: box AP points (x100) of a run minus its FINISHED Native FP32 run with the
+    # same model, input, dataset and benchmark settings; empty for the reference itself and
+    # where none was found (the run's tag detbench.reference_run says why)
+    "apdiff": Extra(AP_DIFF_COLUMN, AP_DIFF_METRIC, only_if_logged=True, signed=True),
 }
 
 
@@ -103,7 +111,9 @@ def order_runs(df: pd.DataFrame) -> pd.DataFrame:
     rank = _zoo_rank()
     zoo = [rank.get((m, r), rank.get((str(d).lower(), r), math.inf))
            for m, d, r in zip(df["model"], df["model_display"], df["resolution"], strict=True)]
-    prec = [backends.table_rank(p) for p in df["precision_display"]]  # runtime, then precision
+    # runtime, then precision, as one int: a column of tuples does not sort in pandas
+    prec = [order * 1000 + place for order, place in map(backends.table_rank,
+                                                         df["precision_display"])]
     keys = pd.DataFrame({"zoo": zoo, "prec": prec, "start": df["start_time"].to_numpy()},
                         index=df.index)
     keys.loc[keys["zoo"] == math.inf, "prec"] = 0
@@ -253,7 +263,7 @@ def build_report(df: pd.DataFrame, extra: str | Sequence[str] = (),
                    if c not in (N_COLUMN, RANGE_COLUMN, METHOD_COLUMN)
                    for name in ((CI_LOW, CI_HIGH) if c == CI_COLUMN else (c,))]
     for name in (VARIANT_COLUMN, CI_LOW, CI_HIGH, "images/sec_min", "images/sec_max",
-                 "images/sec_std"):
+                 "images/sec_std", AP_DIFF_COLUMN):
         if name not in raw_columns:
             raw_columns.append(name)
     frame = pd.DataFrame(raws, columns=[*raw_columns, *META_COLUMNS])
@@ -268,7 +278,7 @@ def _row(run: pd.Series, extras: Sequence[str],
              _cell(run["precision_display"]))
     row = table.row(*names, metrics)
     raw: dict[str, Any] = {"Model": run["model_display"], "Input": run["resolution"],
-                           "TF-TRT": run["precision_display"]}
+                           table.PRECISION_COLUMN: run["precision_display"]}
     for col, metric in table.METRIC_OF_COLUMN.items():
         scale = 100.0 if col in table.PERCENT_COLUMNS else 1.0
         value = metrics.get(metric)
@@ -291,8 +301,10 @@ def _row(run: pd.Series, extras: Sequence[str],
             row[spec.column] = f"{ci[0]:.2f}-{ci[1]:.2f}" if ok else ""
             continue
         value = metrics.get(spec.metric)
-        row[spec.column] = "" if value is None else f"{value * spec.scale:.{spec.digits}f}"
+        sign = "+" if spec.signed else ""
+        row[spec.column] = "" if value is None else f"{value * spec.scale:{sign}.{spec.digits}f}"
         raw[spec.column] = math.nan if value is None else value * spec.scale
+    raw[AP_DIFF_COLUMN] = metrics.get(AP_DIFF_METRIC, math.nan)
     return row, raw
 
 
@@ -336,9 +348,12 @@ def _bootstrap_from_artifact(uri: str, run_id: str) -> tuple[float, float]:
 
 def read_table_csv(path: str | Path) -> pd.DataFrame:
     """table.csv back as written: ids and keys stay text even when they look like numbers."""
-    text = ("Model", "Input", "TF-TRT", VARIANT_COLUMN, ENV_COLUMN, *META_COLUMNS)
+    text = ("Model", "Input", table.PRECISION_COLUMN, table.LEGACY_PRECISION_COLUMN,
+            VARIANT_COLUMN, ENV_COLUMN, *META_COLUMNS)
     dtypes: dict[str, Any] = dict.fromkeys(text, "str") | {"n": "Int64"}
-    return pd.read_csv(path, dtype=dtypes, na_values=[table.NOT_APPLICABLE])
+    frame = pd.read_csv(path, dtype=dtypes, na_values=[table.NOT_APPLICABLE])
+    # a table.csv written before issue 15 headed the column "TF-TRT"
+    return frame.rename(columns={table.LEGACY_PRECISION_COLUMN: table.PRECISION_COLUMN})
 
 
 def write_report(df: pd.DataFrame, out_dir: str | Path, extra: str | Sequence[str] = (),

@@ -16,7 +16,13 @@ import numpy as np
 import pandas as pd
 
 from runner import tracking
-from runner.results.table import CI_HIGH, CI_LOW, ENV_COLUMN, PERCENT_COLUMNS
+from runner.results.table import (
+    CI_HIGH,
+    CI_LOW,
+    ENV_COLUMN,
+    PERCENT_COLUMNS,
+    PRECISION_COLUMN,
+)
 from runner.tracking import resolve_uri
 
 log = logging.getLogger(__name__)
@@ -94,14 +100,14 @@ def run_labels(frame: pd.DataFrame, with_precision: bool | None = None) -> list[
     """"Model Input" (+ precision when the runs have several, + environment when mixed), with
     the run id's start where two runs would read the same."""
     if with_precision is None:
-        with_precision = frame["TF-TRT"].nunique() > 1
+        with_precision = frame[PRECISION_COLUMN].nunique() > 1
     labels = [(f"{label} {p}" if with_precision else label) + suffix
-              for label, p, suffix in zip(_model_labels(frame), frame["TF-TRT"],
+              for label, p, suffix in zip(_model_labels(frame), frame[PRECISION_COLUMN],
                                           _suffixes(frame), strict=True)]
     counts = pd.Series(labels).value_counts()
     if not with_precision:  # a model's rows of several precisions: name the precision
         labels = [f"{lab} {p}" if counts[lab] > 1 else lab
-                  for lab, p in zip(labels, frame["TF-TRT"], strict=True)]
+                  for lab, p in zip(labels, frame[PRECISION_COLUMN], strict=True)]
         counts = pd.Series(labels).value_counts()
     return [f"{lab} ({rid[:6]})" if counts[lab] > 1 else lab
             for lab, rid in zip(labels, frame["run_id"], strict=True)]
@@ -128,11 +134,11 @@ def plot_latency_mean(frame: pd.DataFrame, out_dir: Path) -> Path | None:
         log.info("latency_mean.png: no finished run with a latency; not drawn")
         return None
     labels = run_labels(data)
-    colors = _precision_colors(list(data["TF-TRT"]))
+    colors = _precision_colors(list(data[PRECISION_COLUMN]))
     fig = _figure(bar_size_in(len(data)))
     ax = fig.add_subplot()
     values = data["latency_mean(ms)"].to_numpy()
-    bars = ax.barh(range(len(data)), values, color=[colors[p] for p in data["TF-TRT"]])
+    bars = ax.barh(range(len(data)), values, color=[colors[p] for p in data[PRECISION_COLUMN]])
     _hatch_unstable(bars, data)
     ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], padding=3, fontsize=8)
     _bar_axes(ax, labels, "latency mean (ms), batch 1", "Latency mean per model", margin=0.12)
@@ -190,8 +196,8 @@ def plot_ap_vs_latency(frame: pd.DataFrame, out_dir: Path) -> Path | None:
         return None
     fig = _figure(SCATTER_SIZE_IN if len(data) <= 12 else (14.0, 10.0))
     ax = fig.add_subplot()
-    colors = _precision_colors(list(data["TF-TRT"]))
-    for precision, group in data.groupby("TF-TRT", sort=False):
+    colors = _precision_colors(list(data[PRECISION_COLUMN]))
+    for precision, group in data.groupby(PRECISION_COLUMN, sort=False):
         color = colors[str(precision)]
         lat, ap = list(group["latency_mean(ms)"]), list(group["AP"])
         ax.scatter(lat, ap, s=36, color=color, label=str(precision), zorder=3)
@@ -266,7 +272,7 @@ def plot_throughput(frame: pd.DataFrame, out_dir: Path) -> Path | None:
         log.info("throughput.png: no finished run with images/sec; not drawn")
         return None
     labels = run_labels(data)
-    colors = _precision_colors(list(data["TF-TRT"]))
+    colors = _precision_colors(list(data[PRECISION_COLUMN]))
     fig = _figure(bar_size_in(len(data)))
     ax = fig.add_subplot()
     values = data["images/sec"].to_numpy(dtype=np.float64)
@@ -277,7 +283,7 @@ def plot_throughput(frame: pd.DataFrame, out_dir: Path) -> Path | None:
     has_ci = ~(np.isnan(low) | np.isnan(high))
     err = np.vstack([np.where(has_ci, values - np.minimum(low, values), 0.0),
                      np.where(has_ci, np.maximum(high, values) - values, 0.0)])
-    bars = ax.barh(range(len(data)), values, color=[colors[p] for p in data["TF-TRT"]],
+    bars = ax.barh(range(len(data)), values, color=[colors[p] for p in data[PRECISION_COLUMN]],
                    xerr=err, error_kw={"elinewidth": 1, "capsize": 3})
     _hatch_unstable(bars, data)
     texts = [f"{v:.2f}" if ok else f"{v:.2f} (no interval)"

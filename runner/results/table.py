@@ -6,9 +6,14 @@ from collections.abc import Mapping, Sequence
 
 from runner.evaluate import STAT_NAMES
 
-#: Header of the public table, in order (its "ARmidium" spelled correctly).
+#: The public table's third column, headed "TF-TRT" there, holds the runtime and precision of
+#: a row: "Native FP32" and "TF-TRT FP16" (the public table's labels) beside "LiteRT INT8" and
+#: "ONNX Runtime FP32" (issue 15); read_table_csv renames the old header.
+PRECISION_COLUMN = "Runtime/precision"
+LEGACY_PRECISION_COLUMN = "TF-TRT"
+#: Header of the public table, in order (its "ARmidium" spelled correctly; see PRECISION_COLUMN).
 COLUMNS: tuple[str, ...] = (
-    "Model", "Input", "TF-TRT",
+    "Model", "Input", PRECISION_COLUMN,
     "AP", "AP50", "AP75", "APsmall", "APmedium", "APlarge",
     "ARmax=1", "ARmax=10", "ARmax=100", "ARsmall", "ARmedium", "ARlarge",
     "images/sec", "99th_percentile(ms)", "total_time(s)",
@@ -39,7 +44,7 @@ CI_LOW, CI_HIGH = "images/sec_ci_low", "images/sec_ci_high"
 def row(model: str, resolution: str, precision: str,
         metrics: Mapping[str, float]) -> dict[str, str]:
     """One table row, numbers formatted like the public table (AP x100, two decimals)."""
-    out = {"Model": model, "Input": resolution, "TF-TRT": precision}
+    out = {"Model": model, "Input": resolution, PRECISION_COLUMN: precision}
     for col, metric in METRIC_OF_COLUMN.items():
         value = metrics.get(metric)
         if value is None:
@@ -51,7 +56,7 @@ def row(model: str, resolution: str, precision: str,
     return out
 
 
-TEXT_COLUMNS = frozenset({"Model", "Input", "TF-TRT", "Variant", "Environment", "Method"})
+TEXT_COLUMNS = frozenset({"Model", "Input", PRECISION_COLUMN, "Variant", "Environment", "Method"})
 
 
 def markdown(rows: Sequence[Mapping[str, str]], columns: Sequence[str] = COLUMNS,
