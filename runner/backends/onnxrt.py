@@ -6,13 +6,22 @@ where ``onnxruntime-gpu`` has them: ``precision.onnx.providers``).
 The input keeps the model's own shape (ONNX Runtime runs dynamic shapes without re-allocation
 in the call), so inputs are prepared exactly as for Native FP32. Graph optimization level and
 thread counts are settable and recorded. Converted models are cached (``runner.backends.cache``).
-Not built yet: static INT8 quantization (onnxruntime.quantization with the calibration rule).
+
+INT8 (``precision.onnx.mode=int8``): ``onnxruntime.quantization.quantize_static`` on the converted
+model, calibrated on ``calibration_images`` images chosen by ``runner.calibration`` (disjoint from
+the scored ones by default: the TF-TRT and LiteRT INT8 rule), prepared like the scored inputs
+off the timed path. Only ``quantize_ops`` are quantized (default Conv/MatMul/Gemm: the backbone
+and heads; a detector's box decoding and NMS stay float). QDQ format by default: the CPU
+provider fuses QuantizeLinear/DequantizeLinear pairs around a Conv into int8 kernels. The
+quantization settings are part of the cache key and recorded. ONNX Runtime's optional
+``quant_pre_process`` (shape inference + optimizer) is not run: measured on the demo, the
+quantized model ran without it (the quantizer prints a hint to run it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata, util
 from pathlib import Path
@@ -20,11 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from runner.backends import BuildContext, Plugin, UnsupportedPrecision
+from runner.backends import BuildContext, CalibrationNeed, Plugin, UnsupportedPrecision
 from runner.backends.cache import ConversionCache, ingredients
 
 HOW_TO_GET_IT = "pip install 'detbench[onnx]' (tf2onnx and onnxruntime)"
 LEVELS = ("disable", "basic", "extended", "all")
+MODES = ("fp32", "int8")
+QUANT_FORMATS = ("qdq", "qoperator")
+CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
+QUANT_TYPES = ("int8", "uint8")
+CALIBRATION_SOURCES = ("disjoint", "seed")
 ARTIFACT = "model.onnx"
 
 
@@ -38,6 +52,21 @@ class OnnxConfig:
     graph_optimization_level: str = "all"  # disable | basic | extended | all
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per physical core)
     inter_op_threads: int = 0
+    mode: str = "fp32"  # fp32 | int8 (static quantization, calibrated)
+    calibration_images: int = 100  # int8 only
+    calibration_source: str = "disjoint"  # disjoint (MLPerf's rule) | seed (the scored images)
+    quant_format: str = "qdq"  # qdq | qoperator (QLinearConv, ...)
+    calibrate_method: str = "minmax"  # minmax | entropy | percentile
+    per_channel: bool = False
+    activation_type: str = "uint8"  # ONNX Runtime's default for the CPU provider
+    weight_type: str = "int8"
+    quantize_ops: list[str] = field(default_factory=lambda: ["Conv", "MatMul", "Gemm"])
+
+
+def _ids_digest(records: Sequence[Any]) -> str:
+    from runner.backends.litert import _ids_digest as digest
+
+    return digest(records)
 
 
 def _version(name: str) -> str:
@@ -68,6 +97,61 @@ def check_available(cfg: OnnxConfig) -> dict[str, str]:
             else _version("tensorflow-cpu")}
 
 
+def quant_settings(cfg: OnnxConfig) -> dict[str, Any]:
+    """The quantizer's settings (recorded and part of the cache key); empty for FP32."""
+    if cfg.mode != "int8":
+        return {}
+    return {"quant_format": cfg.quant_format, "calibrate_method": cfg.calibrate_method,
+            "per_channel": bool(cfg.per_channel), "activation_type": cfg.activation_type,
+            "weight_type": cfg.weight_type, "quantize_ops": ",".join(cfg.quantize_ops)}
+
+
+def quantize(fp32: Path, target: Path, input_name: str, calibration: Sequence[np.ndarray],
+             cfg: OnnxConfig) -> dict[str, float]:
+    """Static INT8 quantization of ``fp32`` into ``target``; refuses a result holding no
+    quantized tensor (nothing of ``quantize_ops`` in the graph)."""
+    from onnxruntime import quantization as q
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self._items = iter([{input_name: x} for x in calibration])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._items, None)
+
+    types = {"int8": q.QuantType.QInt8, "uint8": q.QuantType.QUInt8}
+    q.quantize_static(
+        str(fp32), str(target), Reader(),
+        quant_format={"qdq": q.QuantFormat.QDQ,
+                      "qoperator": q.QuantFormat.QOperator}[cfg.quant_format],
+        op_types_to_quantize=list(cfg.quantize_ops), per_channel=bool(cfg.per_channel),
+        activation_type=types[cfg.activation_type], weight_type=types[cfg.weight_type],
+        calibrate_method={"minmax": q.CalibrationMethod.MinMax,
+                          "entropy": q.CalibrationMethod.Entropy,
+                          "percentile": q.CalibrationMethod.Percentile}[cfg.calibrate_method])
+    counts = quantized_nodes(target)
+    if not counts:
+        raise UnsupportedPrecision(
+            f"ONNX Runtime INT8: the quantized model holds no QuantizeLinear/QLinear node: none "
+            f"of precision.onnx.quantize_ops={list(cfg.quantize_ops)} was quantized")
+    return {"fp32_model_bytes": float(fp32.stat().st_size),
+            "quantized_nodes": float(sum(counts.values())),
+            "calibration_images": float(len(calibration))}
+
+
+def quantized_nodes(path: Path) -> dict[str, int]:
+    """op type -> count of the graph's quantization nodes (QuantizeLinear, QLinearConv, ...)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear") \
+                or node.op_type.startswith("QLinear") or node.op_type == "ConvInteger":
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
 def convert(source: Path, target: Path, signature: str, input_name: str, dtype: str,
             shape: list[int | None], opset: int) -> dict[str, float]:
     import tensorflow as tf
@@ -85,7 +169,7 @@ def convert(source: Path, target: Path, signature: str, input_name: str, dtype: 
 class OnnxBackend:
     def __init__(self, path: Path, cfg: OnnxConfig, input_shape: list[int | None],
                  input_dtype: str, available: Mapping[str, str], stats: Mapping[str, float],
-                 hit: bool, key: str) -> None:
+                 hit: bool, key: str, calibration_images: int = 0) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -97,10 +181,12 @@ class OnnxBackend:
         options.intra_op_num_threads = cfg.intra_op_threads
         options.inter_op_num_threads = cfg.inter_op_threads
         self._session = ort.InferenceSession(str(path), options, providers=list(cfg.providers))
+        self._path = path
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
         self.cfg, self.available, self.stats, self.hit, self.key = cfg, available, stats, hit, key
         self.input_shape, self.input_dtype = input_shape, input_dtype
+        self.calibration_images = calibration_images
         self.executed: dict[str, str] = {}
 
     def prepare_input(self, tensor: Any) -> np.ndarray:
@@ -119,6 +205,13 @@ class OnnxBackend:
             raise UnsupportedPrecision(f"ONNX Runtime runs on {active}, not on "
                                        f"{self.cfg.providers[0]} as configured")
         self.executed = {"providers_active": ",".join(active)}
+        if self.cfg.mode == "int8":  # what the file holds, whatever the cache said
+            counts = quantized_nodes(Path(self._path))
+            if not counts:
+                raise UnsupportedPrecision("ONNX Runtime INT8: the model holds no quantization "
+                                           "node")
+            self.executed["quantized_nodes"] = ",".join(f"{k}:{v}"
+                                                        for k, v in sorted(counts.items()))
         return self.executed
 
     def metrics(self) -> dict[str, float]:
@@ -130,7 +223,11 @@ class OnnxBackend:
                 "opset": str(self.cfg.opset), "providers": ",".join(self.cfg.providers),
                 "graph_optimization_level": self.cfg.graph_optimization_level,
                 "intra_op_threads": str(self.cfg.intra_op_threads),
-                "inter_op_threads": str(self.cfg.inter_op_threads),
+                "inter_op_threads": str(self.cfg.inter_op_threads), "mode": self.cfg.mode,
+                **{k: str(v) for k, v in quant_settings(self.cfg).items()},
+                **({"calibration_images": str(self.calibration_images),
+                    "calibration_source": self.cfg.calibration_source}
+                   if self.cfg.mode == "int8" else {}),
                 "input_shape": str(self.input_shape), "input_dtype": self.input_dtype,
                 "model_bytes": str(int(self.stats.get("model_bytes", 0))),
                 "cache_key": self.key, "cache_hit": str(self.hit).lower(), **self.executed}
@@ -139,7 +236,7 @@ class OnnxBackend:
 class OnnxPlugin(Plugin):
     name, label, order = "onnx", "ONNX Runtime", 30
     where = "CPU of any machine (CPU provider); CUDA/TensorRT providers with onnxruntime-gpu"
-    display_order = ("ONNX Runtime FP32",)
+    display_order = ("ONNX Runtime FP32", "ONNX Runtime INT8")
 
     def fields(self) -> list[tuple[str, Any, Any]]:
         return [("onnx", OnnxConfig, dataclasses.field(default_factory=OnnxConfig))]
@@ -148,6 +245,19 @@ class OnnxPlugin(Plugin):
         from runner.config import ConfigError
 
         cfg = precision.onnx
+        for name, valid in (("mode", MODES), ("quant_format", QUANT_FORMATS),
+                            ("calibrate_method", CALIBRATE_METHODS),
+                            ("activation_type", QUANT_TYPES), ("weight_type", QUANT_TYPES),
+                            ("calibration_source", CALIBRATION_SOURCES)):
+            if getattr(cfg, name) not in valid:
+                raise ConfigError(f"precision.onnx.{name}={getattr(cfg, name)!r} is not valid; "
+                                  f"choose one of: {', '.join(valid)}")
+        if cfg.calibration_images <= 0:
+            raise ConfigError(f"precision.onnx.calibration_images={cfg.calibration_images!r} "
+                              "is not valid; it must be > 0")
+        if cfg.mode == "int8" and not cfg.quantize_ops:
+            raise ConfigError("precision.onnx.quantize_ops=[] is not valid for mode=int8; name "
+                              "the op types to quantize (default: Conv, MatMul, Gemm)")
         if cfg.graph_optimization_level not in LEVELS:
             raise ConfigError(f"precision.onnx.graph_optimization_level="
                               f"{cfg.graph_optimization_level!r} is not valid; choose one of: "
@@ -163,6 +273,12 @@ class OnnxPlugin(Plugin):
     def check_available(self, precision: Any) -> dict[str, str]:
         return check_available(precision.onnx)
 
+    def calibration(self, precision: Any) -> CalibrationNeed | None:
+        cfg = precision.onnx
+        if cfg.mode != "int8":
+            return None
+        return CalibrationNeed(cfg.calibration_images, cfg.calibration_source, "precision.onnx")
+
     def environment(self, available: Mapping[str, str]) -> dict[str, str]:
         return {"env.onnxruntime": available.get("onnxruntime", "none"),
                 "env.tf2onnx": available.get("tf2onnx", "none")}
@@ -175,17 +291,34 @@ class OnnxPlugin(Plugin):
         source = NativeBackend(ctx.model_dir, ctx.signature, ctx.input_name, ctx.input_dtype)
         shape, dtype = source.input_shape, source.input_dtype
         del source
+        calibration: list[np.ndarray] = []
+        if cfg.mode == "int8":  # prepared like the scored inputs, before anything is timed
+            calibration = [np.ascontiguousarray(t.numpy())
+                           for t in ctx.prepare(ctx.calibration_images, dtype, shape)]
         params = {"opset": cfg.opset, "signature": ctx.signature, "input_name": ctx.input_name,
-                  "input_dtype": dtype}
+                  "input_dtype": dtype, "mode": cfg.mode, **quant_settings(cfg),
+                  "calibration": (f"{len(calibration)}:{_ids_digest(ctx.calibration_images)}"
+                                  if calibration else "none")}
         # the ONNX file does not depend on the device it will run on: the key's device is "any"
         key = ingredients(ctx.model_dir, params, shape,
-                          {k: available.get(k, "") for k in ("tensorflow", "tf2onnx", "onnx")},
+                          {k: available.get(k, "") for k in ("tensorflow", "tf2onnx", "onnx",
+                                                             "onnxruntime")},
                           "any")
-        result = ConversionCache(ctx.cache_dir / "onnx", ARTIFACT).get_or_convert(
-            key, lambda out: convert(ctx.model_dir, out, ctx.signature, ctx.input_name, dtype,
-                                     shape, cfg.opset))
+
+        def build(out: Path) -> dict[str, float]:
+            if cfg.mode != "int8":
+                return convert(ctx.model_dir, out, ctx.signature, ctx.input_name, dtype, shape,
+                               cfg.opset)
+            fp32 = out.with_name("model_fp32.onnx")
+            stats = convert(ctx.model_dir, fp32, ctx.signature, ctx.input_name, dtype, shape,
+                            cfg.opset)
+            stats |= quantize(fp32, out, ctx.input_name, calibration, cfg)
+            fp32.unlink()
+            return stats | {"model_bytes": float(out.stat().st_size)}
+
+        result = ConversionCache(ctx.cache_dir / "onnx", ARTIFACT).get_or_convert(key, build)
         return OnnxBackend(result.path, cfg, shape, dtype, available, result.stats, result.hit,
-                           result.key)
+                           result.key, len(calibration))
 
 
 PLUGIN = OnnxPlugin()
