@@ -592,3 +592,17 @@ def test_ap_difference_to_native_fp32_in_csv_and_as_an_extra(tmp_path: Path) -> 
     legacy.write_text((tmp_path / "plain" / "table.csv").read_text()
                       .replace(PRECISION_COLUMN, "TF-TRT", 1))
     assert list(export.read_table_csv(legacy)[PRECISION_COLUMN]) == list(csv[PRECISION_COLUMN])
+
+
+def test_runtimes_on_one_machine_are_one_environment() -> None:
+    """A backend's package versions are part of env.key (runner.backends); the export's
+    environment check compares the machine (``machine_key``), so a runtime sweep is one table."""
+    same = _frame({"env_key": "native1", "machine_key": "native1"},
+                  {"env_key": "onnx1", "machine_key": "native1",
+                   "precision_display": "ONNX Runtime FP32"})
+    assert runs.check_environments(same) is None
+    other = _frame({"env_key": "native1", "machine_key": "native1"},
+                   {"env_key": "onnx2", "machine_key": "native2",
+                    "precision_display": "ONNX Runtime FP32"})
+    with pytest.raises(MixedEnvironmentsError, match="2 environments"):
+        runs.check_environments(other)

@@ -42,7 +42,7 @@ PARAM_COLUMNS: dict[str, str] = {"num_images": "dataset.num_images", "repeats": 
 RUN_COLUMNS: tuple[str, ...] = (
     "run_id", "run_name", "experiment_id", "experiment", "status", "start_time", "end_time",
     *TAG_COLUMNS, *PARAM_COLUMNS, "model_display", "precision_display", "artifact_uri",
-    "tracking_uri",
+    "tracking_uri", "machine_key",
 )
 SEARCH_PAGE = 1000
 
@@ -213,10 +213,22 @@ def _record(run: Any, experiments: Mapping[str, str], uri: str) -> dict[str, Any
                               or tags.get("detbench.precision")),
         "artifact_uri": info.artifact_uri,
         "tracking_uri": uri,
+        "machine_key": _machine_key(tags),
     }
     record.update({f"{METRIC_PREFIX}{k}": float(v) for k, v in data.metrics.items()
                    if not k.startswith(("sample.", "system/", "table/"))})
     return record
+
+
+def _machine_key(tags: Mapping[str, str]) -> str | None:
+    """env.key without a backend's environment fields (runtime package versions, which
+    ``runner.backends`` adds to env.key): one machine and TensorFlow build, whatever runtime
+    ran. Equal to env.key for a Native FP32 run."""
+    if not tags.get("env.key"):
+        return None
+    from runner.environment import environment_key
+
+    return environment_key(dict(tags))
 
 
 def _client_filter(df: pd.DataFrame, flt: Filters) -> pd.DataFrame:
@@ -255,11 +267,15 @@ def environment_labels(df: pd.DataFrame) -> dict[str, str]:
 
 
 def check_environments(df: pd.DataFrame, mix_environments: bool = False) -> dict[str, str] | None:
-    """None when the runs share one environment (runs without env.key do not count); else the
+    """None when the runs share one environment (runs without env.key do not count; runs of
+    different runtimes on one machine share it: ``machine_key``); else the
     labels of :func:`environment_labels` if ``mix_environments``, else MixedEnvironmentsError."""
     keys = df["env_key"].dropna().unique()
     if len(keys) <= 1:
         return None
+    machines = df["machine_key"].dropna().unique() if "machine_key" in df else []
+    if len(machines) == 1 and df.loc[df["env_key"].notna(), "machine_key"].notna().all():
+        return None  # one machine; rows differ in their runtime's packages only (issue 15)
     labels = environment_labels(df)
     if mix_environments:
         return labels
