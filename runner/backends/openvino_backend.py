@@ -9,14 +9,21 @@ signature (a concrete function) is converted instead, which works. ``CombinedNon
 has no conversion rule: the job fails naming it (``runner.demo.lite`` exports the demo with NMS
 that converts). On a CPU with AVX512-BF16/AMX, OpenVINO's default inference precision is
 bfloat16, so ``precision.openvino.inference_precision`` is set explicitly (f32 for FP32).
-Not built: INT8 through NNCF.
+
+INT8 (``precision.openvino.mode=int8``): NNCF's post-training ``nncf.quantize`` on the converted
+model (FakeQuantize nodes; the CPU plugin runs them as u8/i8 kernels), calibrated on
+``calibration_images`` images chosen by ``runner.calibration`` (disjoint by default, the TF-TRT
+rule), prepared like the scored inputs. ``nncf`` is a separate package (``pip install nncf``,
+3.4.0 installed cleanly here: networkx, ninja, pydot, safetensors, tabulate besides openvino);
+without it the precision is unavailable. The compiled model's int8 ops are counted and recorded
+(``backend.int8_ops_active``); none fails the job.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import util
 from pathlib import Path
@@ -24,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.backends import BuildContext, Plugin, UnsupportedPrecision
+from runner.backends import BuildContext, CalibrationNeed, Plugin, UnsupportedPrecision
 from runner.backends.cache import ConversionCache, ingredients
 
 HOW_TO_GET_IT = "pip install 'detbench[openvino]'"
@@ -32,6 +39,9 @@ HINTS = ("latency", "throughput")
 PRECISIONS = ("f32", "bf16", "f16")
 TYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 ARTIFACT = "model.xml"
+MODES = ("fp32", "int8")
+PRESETS = ("performance", "mixed")
+CALIBRATION_SOURCES = ("disjoint", "seed")
 
 
 @dataclass
@@ -40,6 +50,10 @@ class OpenVinoConfig:
     performance_hint: str = "latency"  # latency | throughput
     num_threads: int = 0  # INFERENCE_NUM_THREADS; 0: OpenVINO's default
     input_size: str | None = None  # "HxW"; None: the model's fixed size, else the nominal one
+    mode: str = "fp32"  # fp32 | int8 (NNCF post-training quantization)
+    calibration_images: int = 100  # int8 only
+    calibration_source: str = "disjoint"  # disjoint | seed
+    preset: str = "performance"  # NNCF QuantizationPreset: performance | mixed
 
 
 def check_available(cfg: OpenVinoConfig) -> dict[str, str]:
@@ -48,8 +62,14 @@ def check_available(cfg: OpenVinoConfig) -> dict[str, str]:
                                    f"{HOW_TO_GET_IT}")
     from runner.backends.litert import _version
 
-    return {"openvino": _version("openvino"),
-            "tensorflow": _version("tensorflow", "tensorflow-cpu", "tf-nightly")}
+    found = {"openvino": _version("openvino"),
+             "tensorflow": _version("tensorflow", "tensorflow-cpu", "tf-nightly")}
+    if cfg.mode == "int8":
+        if util.find_spec("nncf") is None:
+            raise UnsupportedPrecision("OpenVINO INT8 quantizes with NNCF, which is not "
+                                       "installed: pip install nncf")
+        found["nncf"] = _version("nncf")
+    return found
 
 
 def unconverted_ops(message: str) -> list[str]:
@@ -57,7 +77,9 @@ def unconverted_ops(message: str) -> list[str]:
     return sorted({op.strip() for line in found for op in line.split(",") if op.strip()})
 
 
-def convert(source: Path, target: Path, signature: str, hw: tuple[int, int]) -> dict[str, float]:
+def convert(source: Path, target: Path, signature: str, hw: tuple[int, int],
+            cfg: OpenVinoConfig | None = None,
+            calibration: Sequence[np.ndarray] = ()) -> dict[str, float]:
     import openvino as ov
     import tensorflow as tf
 
@@ -72,15 +94,27 @@ def convert(source: Path, target: Path, signature: str, hw: tuple[int, int]) -> 
         raise UnsupportedPrecision(f"OpenVINO cannot convert this model: no conversion rule "
                                    f"for {', '.join(ops)}") from None
     model.reshape([1, hw[0], hw[1], 3])
+    stats: dict[str, float] = {}
+    if cfg is not None and cfg.mode == "int8":
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset(list(calibration)),
+                              subset_size=len(calibration),
+                              preset={"performance": nncf.QuantizationPreset.PERFORMANCE,
+                                      "mixed": nncf.QuantizationPreset.MIXED}[cfg.preset])
+        fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        if not fq:
+            raise UnsupportedPrecision("OpenVINO INT8: NNCF inserted no FakeQuantize node")
+        stats |= {"fake_quantize_nodes": float(fq), "calibration_images": float(len(calibration))}
     ov.save_model(model, str(target))
     size = sum(p.stat().st_size for p in target.parent.glob("model.*"))
-    return {"model_bytes": float(size)}
+    return stats | {"model_bytes": float(size)}
 
 
 class OpenVinoBackend:
     def __init__(self, path: Path, cfg: OpenVinoConfig, hw: tuple[int, int], input_dtype: str,
                  available: Mapping[str, str], stats: Mapping[str, float], hit: bool,
-                 key: str) -> None:
+                 key: str, calibration_images: int = 0) -> None:
         import openvino as ov
 
         props: dict[str, Any] = {"PERFORMANCE_HINT": cfg.performance_hint.upper(),
@@ -94,6 +128,7 @@ class OpenVinoBackend:
         self.cfg, self.available, self.stats, self.hit, self.key = cfg, available, stats, hit, key
         self.input_shape: list[int | None] = [1, hw[0], hw[1], 3]
         self.input_dtype = input_dtype
+        self.calibration_images = calibration_images
         self.executed: dict[str, str] = {}
 
     def prepare_input(self, tensor: Any) -> np.ndarray:
@@ -112,6 +147,11 @@ class OpenVinoBackend:
                              self._compiled.get_property("PERFORMANCE_HINT")),
                          "num_threads_active": str(
                              self._compiled.get_property("INFERENCE_NUM_THREADS"))}
+        int8 = sum(str(op.get_rt_info()["runtimePrecision"].astype(str)) in ("i8", "u8")
+                   for op in self._compiled.get_runtime_model().get_ops())
+        self.executed["int8_ops_active"] = str(int8)
+        if self.cfg.mode == "int8" and not int8:
+            raise UnsupportedPrecision("OpenVINO INT8: the compiled model runs no int8 op")
         wanted = TYPE_NAMES[self.cfg.inference_precision]
         if wanted not in got:  # the property prints as <Type: 'float32'>
             raise UnsupportedPrecision(f"OpenVINO compiled for {got}, not {wanted} as "
@@ -127,6 +167,11 @@ class OpenVinoBackend:
                 "inference_precision": self.cfg.inference_precision,
                 "performance_hint": self.cfg.performance_hint,
                 "num_threads": str(self.cfg.num_threads), "input_shape": str(self.input_shape),
+                "mode": self.cfg.mode,
+                **({"nncf": self.available.get("nncf", ""), "preset": self.cfg.preset,
+                    "calibration_images": str(self.calibration_images),
+                    "calibration_source": self.cfg.calibration_source}
+                   if self.cfg.mode == "int8" else {}),
                 "model_bytes": str(int(self.stats.get("model_bytes", 0))),
                 "cache_key": self.key, "cache_hit": str(self.hit).lower(), **self.executed}
 
@@ -134,7 +179,7 @@ class OpenVinoBackend:
 class OpenVinoPlugin(Plugin):
     name, label, order = "openvino", "OpenVINO", 40
     where = "CPU (Intel/AMD x86, ARM), openvino package"
-    display_order = ("OpenVINO FP32",)
+    display_order = ("OpenVINO FP32", "OpenVINO INT8")
 
     def fields(self) -> list[tuple[str, Any, Any]]:
         return [("openvino", OpenVinoConfig, dataclasses.field(default_factory=OpenVinoConfig))]
@@ -143,8 +188,14 @@ class OpenVinoPlugin(Plugin):
         from runner.config import ConfigError
 
         cfg = precision.openvino
+        if cfg.calibration_images <= 0:
+            raise ConfigError(f"precision.openvino.calibration_images={cfg.calibration_images!r}"
+                              " is not valid; it must be > 0")
         for name, value, valid in (("inference_precision", cfg.inference_precision, PRECISIONS),
-                                   ("performance_hint", cfg.performance_hint, HINTS)):
+                                   ("performance_hint", cfg.performance_hint, HINTS),
+                                   ("mode", cfg.mode, MODES), ("preset", cfg.preset, PRESETS),
+                                   ("calibration_source", cfg.calibration_source,
+                                    CALIBRATION_SOURCES)):
             if value not in valid:
                 raise ConfigError(f"precision.openvino.{name}={value!r} is not valid; choose "
                                   f"one of: {', '.join(valid)}")
@@ -158,6 +209,13 @@ class OpenVinoPlugin(Plugin):
     def environment(self, available: Mapping[str, str]) -> dict[str, str]:
         return {"env.openvino": available.get("openvino", "none")}
 
+    def calibration(self, precision: Any) -> CalibrationNeed | None:
+        cfg = precision.openvino
+        if cfg.mode != "int8":
+            return None
+        return CalibrationNeed(cfg.calibration_images, cfg.calibration_source,
+                               "precision.openvino")
+
     def create(self, ctx: BuildContext) -> OpenVinoBackend:
         from runner.backends.litert import LiteRTConfig, fixed_hw
         from runner.backends.native import NativeBackend
@@ -169,12 +227,23 @@ class OpenVinoPlugin(Plugin):
                       ctx.nominal_hw)
         dtype = source.input_dtype
         del source
-        key = ingredients(ctx.model_dir, {"signature": ctx.signature}, [1, hw[0], hw[1], 3],
+        shape = [1, hw[0], hw[1], 3]
+        calibration: list[np.ndarray] = []
+        if cfg.mode == "int8":  # prepared like the scored inputs, before anything is timed
+            calibration = [np.ascontiguousarray(t.numpy())
+                           for t in ctx.prepare(ctx.calibration_images, dtype, shape)]
+        params: dict[str, Any] = {"signature": ctx.signature}
+        if cfg.mode == "int8":  # FP32 keeps its key (and its cached IR)
+            from runner.backends.litert import _ids_digest
+
+            params |= {"mode": "int8", "preset": cfg.preset,
+                       "calibration": f"{len(calibration)}:{_ids_digest(ctx.calibration_images)}"}
+        key = ingredients(ctx.model_dir, params, shape,
                           available, "any")  # the IR is device-independent; compiled per run
         result = ConversionCache(ctx.cache_dir / "openvino", ARTIFACT).get_or_convert(
-            key, lambda out: convert(ctx.model_dir, out, ctx.signature, hw))
+            key, lambda out: convert(ctx.model_dir, out, ctx.signature, hw, cfg, calibration))
         return OpenVinoBackend(result.path, cfg, hw, dtype, available, result.stats,
-                               result.hit, result.key)
+                               result.hit, result.key, len(calibration))
 
 
 PLUGIN = OpenVinoPlugin()
