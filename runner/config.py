@@ -14,7 +14,15 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from runner.signatures import BOX_FORMATS, BOX_FRAMES, BOX_ORDERS, CLASS_MAPS, RESIZE_RULES
+from runner.signatures import (
+    ADAPTER_NAMES,
+    BOX_FORMATS,
+    BOX_FRAMES,
+    BOX_ORDERS,
+    CLASS_MAPS,
+    RESIZE_RULES,
+    ROLES,
+)
 from runner.stats import PERCENTILE_METHODS
 
 
@@ -167,7 +175,6 @@ BACKENDS = ("native", "tftrt")
 AMP_MODES = ("none", "fp16", "bf16")
 TRT_MODES = ("FP32", "FP16", "INT8")
 CALIBRATION_SOURCES = ("disjoint", "seed")
-OUTPUT_ADAPTERS = ("zoo", "zoo_keypoints", "zoo_masks", "centernet_tflite", "custom")
 INPUT_DTYPES = ("uint8", "float32")
 INPUT_POLICIES = ("native", "seed")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -175,7 +182,6 @@ OUTPUT_CHECKS = ("fail", "warn")
 #: resolution names besides HxW: the model's own (first published) size
 RESOLUTION_NAMES = ("default",)
 _HXW = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
-ROLES = ("boxes", "classes", "scores", "num_detections")
 SPLITS = ("train", "val")
 
 
@@ -207,7 +213,7 @@ def validate(cfg: JobConfig | DictConfig) -> None:
     """Check values that types cannot: choices, ranges and paths. Raises ConfigError."""
     model, data, bench = cfg.model, cfg.dataset, cfg.benchmark
     _choice("model.source", model.source, MODEL_SOURCES)
-    _choice("model.outputs", model.outputs, OUTPUT_ADAPTERS)
+    _choice("model.outputs", model.outputs, ADAPTER_NAMES)
     _choice("model.input_dtype", model.input_dtype, INPUT_DTYPES)
     _choice("model.box_format", model.box_format, BOX_FORMATS)
     _choice("model.box_order", model.box_order, BOX_ORDERS)

@@ -39,7 +39,6 @@ MAX_SERIES_POINTS = 1000  # per sampled quantity logged as an MLflow time series
 #: config keys that do not change what a job measures (left out of its identity hash)
 NOT_IDENTITY = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
                 "cache_dir")
-PARENT_ENV = "DETBENCH_PARENT_RUN_ID"
 OUTCOME = jobdir.OUTCOME
 PUBLISHED = jobdir.PUBLISHED
 #: seconds the worker gets to write what it has after SIGTERM before it is SIGKILLed (it handles
@@ -194,6 +193,7 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
     read-only database). Writes tracking.json for runner.sync."""
     from mlflow.exceptions import MlflowException
 
+    from runner.callbacks import PARENT_ENV  # set by the sweep's parent run
     from runner.tracking import Tracker, TrackingUnavailable, redact, resolve_uri
 
     name = run_name(job_cfg)
