@@ -343,7 +343,7 @@ def publish(job_dir: Path, tracker: Any, outcome: Outcome | None = None) -> None
     spec = jobdir.read_json_if(job_dir / jobdir.JOB)
     if spec is not None:
         ds = spec["dataset"]
-        digest = hashlib.sha1(json.dumps([ds["annotations"], [r[0] for r in ds["images"]]])
+        digest = hashlib.sha1(json.dumps([ds["annotations"], _image_ids(ds["images"])])
                               .encode()).hexdigest()
         tracker.log_dataset(f"{ds['display_name']} ({len(ds['images'])} images)",
                             ds["annotations"], len(ds["images"]), digest)
@@ -364,7 +364,7 @@ def publish(job_dir: Path, tracker: Any, outcome: Outcome | None = None) -> None
         log.warning("%s", exc)
 
 
-def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[Any]:
+def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[dict[str, Any]]:
     """INT8 calibration images (written to calibration.json and logged with the run)."""
     from dataclasses import replace
 
@@ -381,7 +381,7 @@ def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[A
     chosen = calibration.select(candidates, dataset.images, trt.calibration_images,
                                 trt.calibration_source)
     data.require_files(chosen, "calibration image file(s)")
-    rows = [(r.image_id, str(r.path), r.width, r.height) for r in chosen]
+    rows = [r.to_json() for r in chosen]
     jobdir.write_json(job_dir / jobdir.CALIBRATION,
                       {"source": trt.calibration_source, "count": len(rows), "images": rows})
     return rows
@@ -533,6 +533,11 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
     tracker.log_artifacts(jobdir.existing(job_dir, names))
 
 
+def _image_ids(rows: list[Any]) -> list[int]:
+    """The image ids of ``job.json``'s dataset records (``data.ImageRecord.to_json``)."""
+    return [data.ImageRecord.from_json(r).image_id for r in rows]
+
+
 def _partial_metrics(job_dir: Path) -> dict[str, float]:
     """``partial.*`` statistics of every latency in the log (all passes), and latencies.csv
     rebuilt from it; without a log (a directory from before it), from latencies.csv."""
@@ -542,7 +547,7 @@ def _partial_metrics(job_dir: Path) -> dict[str, float]:
     spec = jobdir.read_json_if(job_dir / jobdir.JOB)
     if log_ is not None:
         if spec is not None:
-            ids = [int(r[0]) for r in spec["dataset"]["images"]]
+            ids = _image_ids(spec["dataset"]["images"])
             try:
                 jobdir.write_latencies_csv(job_dir, ids, log_)
             except jobdir.JobDirError as exc:

@@ -63,7 +63,7 @@ class JobSpec:
 
 def dataset_dict(ds: data.Dataset) -> dict[str, Any]:
     return {"name": ds.name, "display_name": ds.display_name, "annotations": str(ds.annotations),
-            "images": [(r.image_id, str(r.path), r.width, r.height) for r in ds.images]}
+            "images": [r.to_json() for r in ds.images]}
 
 
 class Results:
@@ -109,8 +109,9 @@ def seed_order(dataset: data.Dataset) -> data.Dataset:
                         dataset.keypoint_annotations, dataset.unscored)
 
 
-def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
-    return [data.ImageRecord(int(r[0]), Path(r[1]), int(r[2]), int(r[3])) for r in rows]
+def _records(rows: Sequence[Any]) -> list[data.ImageRecord]:
+    """``ImageRecord``s from their JSON form (``ImageRecord.to_json``)."""
+    return [data.ImageRecord.from_json(r) for r in rows]
 
 
 def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
