@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +32,10 @@ from runner import config, data, fingerprint, jobdir, signals
 from runner.config import JobConfig
 from runner.results import describe, table
 from runner.worker import JobSpec, dataset_dict
+
+if TYPE_CHECKING:  # runner.tracking imports MLflow lazily; the job imports it when it tracks
+    from runner.fingerprint import Fingerprint
+    from runner.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +188,8 @@ def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
 
 
 def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, str], key: str,
-                    output_dir: Path, prints: Any = None
-                    ) -> tuple[Any, str | None, str | None]:
+                    output_dir: Path, prints: Fingerprint | None = None
+                    ) -> tuple[Tracker | None, str | None, str | None]:
     """(tracker with a started run, None, None); (tracker attached to the stored run, a skip
     reason, None) when the job already FINISHED with the same config, model bytes, dataset and
     environment (``prints``);
@@ -215,7 +219,7 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
     record = {"uri": redact(resolve_uri(job_cfg.tracking.uri)),
               "experiment": job_cfg.tracking.experiment,
               "name": name, "params": params, "tags": tags, "run_id": None}
-    tracker: Any = None
+    tracker: Tracker | None = None
     problem: str | None = None
     try:
         tracker = Tracker(job_cfg.tracking.uri, job_cfg.tracking.experiment)
@@ -282,7 +286,9 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
                        ui_link=tracker.ui_link() if tracker else None,
                        experiment_id=tracker.experiment_id if tracker else None)
-    heartbeat = Heartbeat(tracker.uri, tracker.run_id).start() if tracker else None
+    # a tracker that did not skip has started its run, so it has a run id
+    heartbeat = (Heartbeat(tracker.uri, tracker.run_id).start()
+                 if tracker and tracker.run_id else None)
     stopped_by: BaseException | None = None
     try:
         jobdir.write_text(output_dir / jobdir.CONFIG,
@@ -312,7 +318,7 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     return result
 
 
-def _record_outcome(job_dir: Path, outcome: Outcome, tracker: Any,
+def _record_outcome(job_dir: Path, outcome: Outcome, tracker: Tracker | None,
                     problem: str | None) -> str | None:
     """Write outcome.json and log the job directory; None when logged, else why not. A full
     disk does not stop the logging: the outcome in memory ends the run."""
@@ -331,7 +337,7 @@ def _record_outcome(job_dir: Path, outcome: Outcome, tracker: Any,
     return None
 
 
-def publish(job_dir: Path, tracker: Any, outcome: Outcome | None = None) -> None:
+def publish(job_dir: Path, tracker: Tracker, outcome: Outcome | None = None) -> None:
     """Log a job directory's results to the tracker's run and end it with the job's outcome
     (``outcome.json`` unless given); ``published.json`` marks the directory done (runner.sync
     skips it). Publishing again (runner.sync after a partial upload) logs no metric twice."""
@@ -503,7 +509,7 @@ def _suppress_psutil() -> Any:
     return contextlib.suppress(psutil.Error)
 
 
-def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | None) -> None:
+def _log_outputs(tracker: Tracker, job_dir: Path, metrics: Mapping[str, float] | None) -> None:
     """Log whatever the measured part wrote; a job that did not finish gets ``partial.*``
     statistics of the latencies it stored and of the telemetry rows it wrote, and its
     ``latencies.csv`` is rebuilt from the latency log (the worker may not have written it)."""
@@ -619,7 +625,7 @@ def _number(value: str | None) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
-def _log_samples(tracker: Any, job_dir: Path, logged: Mapping[str, float]) -> None:
+def _log_samples(tracker: Tracker, job_dir: Path, logged: Mapping[str, float]) -> None:
     """Each numeric sampled quantity per device as an MLflow time series (at most 1000 points);
     a series already logged (a second publish) is not logged again."""
     meta = jobdir.read_json_if(job_dir / jobdir.TELEMETRY)
