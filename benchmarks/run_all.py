@@ -21,7 +21,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("harness_overhead", "sampler_cost", "coco_eval", "memory", "fixed_cost", "input_prep",
-           "latency_store", "fingerprint_cost")
+           "latency_store", "fingerprint_cost", "runtimes")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

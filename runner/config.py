@@ -9,11 +9,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from runner import backends
 from runner.signatures import (
     ADAPTER_NAMES,
     BOX_FORMATS,
@@ -90,29 +91,19 @@ class ResolutionConfig:
 
 
 @dataclass
-class TrtConfig:
-    """TF-TRT converter settings (tf.experimental.tensorrt.Converter); documented defaults."""
+class PrecisionBase:
+    """The fields every precision has; each backend adds its own (``runner.backends``)."""
 
-    precision_mode: str = "FP32"  # FP32 | FP16 | INT8
-    max_workspace_size_bytes: int = 1 << 30
-    minimum_segment_size: int = 3  # the API default
-    maximum_cached_engines: int = 1
-    allow_build_at_runtime: bool = True
-    use_dynamic_shape: bool = False
-    dynamic_shape_profile_strategy: str = "Optimal"
-    calibration_images: int = 100  # INT8 only
-    # disjoint: images not scored (MLPerf's rule); seed: the first scored images (public table)
-    calibration_source: str = "disjoint"
-
-
-@dataclass
-class PrecisionConfig:
     name: str = "fp32"
     display_name: str = "Native FP32"  # the public table's "TF-TRT" column
-    backend: str = "native"  # native | tftrt
-    amp: str = "none"  # native only: none | fp16 | bf16 (Grappler auto mixed precision)
-    xla: bool = False  # XLA JIT auto-clustering, a separate switch
-    trt: TrtConfig = field(default_factory=TrtConfig)
+    backend: str = "native"  # a registered backend: runner.backends.names()
+
+
+if TYPE_CHECKING:
+    class PrecisionConfig(PrecisionBase):
+        def __getattr__(self, name: str) -> Any: ...  # the backends' fields
+else:
+    PrecisionConfig = backends.precision_schema(PrecisionBase)
 
 
 @dataclass
@@ -165,16 +156,22 @@ class JobConfig:
     cache_dir: str = "~/.cache/detbench"
 
 
+def __getattr__(name: str) -> Any:
+    """A backend's config section class by name (e.g. ``config.TrtConfig``), for callers that
+    imported it from here before the backends owned their schemas."""
+    for plugin in backends.plugins():
+        for _, kind, _ in plugin.fields():
+            if getattr(kind, "__name__", None) == name:
+                return kind
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def register() -> None:
     ConfigStore.instance().store(name="detbench_schema", node=JobConfig)
 
 
 MODEL_SOURCES = ("embedded", "zoo", "path")
 DATASET_KINDS = ("synthetic", "coco2017", "coco")
-BACKENDS = ("native", "tftrt")
-AMP_MODES = ("none", "fp16", "bf16")
-TRT_MODES = ("FP32", "FP16", "INT8")
-CALIBRATION_SOURCES = ("disjoint", "seed")
 INPUT_DTYPES = ("uint8", "float32")
 INPUT_POLICIES = ("native", "seed")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -229,17 +226,7 @@ def validate(cfg: JobConfig | DictConfig) -> None:
                 raise ConfigError(f"model.output_keys.{role} is not set: outputs=custom needs "
                                   f"model.output_keys.{{{', '.join(ROLES[:3])}}} "
                                   "(num_detections optional)")
-    _choice("precision.backend", cfg.precision.backend, BACKENDS)
-    _choice("precision.amp", cfg.precision.amp, AMP_MODES)
-    _choice("precision.trt.precision_mode", cfg.precision.trt.precision_mode, TRT_MODES)
-    _choice("precision.trt.calibration_source", cfg.precision.trt.calibration_source,
-            CALIBRATION_SOURCES)
-    _positive("precision.trt.calibration_images", cfg.precision.trt.calibration_images)
-    _positive("precision.trt.minimum_segment_size", cfg.precision.trt.minimum_segment_size)
-    _positive("precision.trt.max_workspace_size_bytes", cfg.precision.trt.max_workspace_size_bytes)
-    if cfg.precision.backend == "tftrt" and cfg.precision.amp != "none":
-        raise ConfigError("precision.amp applies to the native backend only; TF-TRT's precision "
-                          "is precision.trt.precision_mode")
+    backends.validate(cfg.precision)  # each backend checks its own fields
     _choice("dataset.kind", data.kind, DATASET_KINDS)
     _choice("dataset.split", data.split, SPLITS)
     _choice("benchmark.percentile_method", bench.percentile_method, PERCENTILE_METHODS)

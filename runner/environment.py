@@ -8,7 +8,7 @@ import os
 import platform
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib import import_module, metadata
 from pathlib import Path
 from typing import Any
@@ -41,9 +41,11 @@ _MAX_VALUE_LEN = 500
 
 
 def collect(
-    gpus: list[dict[str, Any]] | None = None, project_dir: Path | None = None
+    gpus: list[dict[str, Any]] | None = None, project_dir: Path | None = None,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Environment tags; ``gpus`` is ``Sampler.gpus``. Never raises."""
+    """Environment tags; ``gpus`` is ``Sampler.gpus``; ``extra``: the job's backend's fields
+    (``Plugin.environment``: runtime package versions), part of ``env.key``. Never raises."""
     parts: dict[str, Callable[[], dict[str, str]]] = {
         "host": _host,
         "tensorflow": _tensorflow,
@@ -58,18 +60,20 @@ def collect(
             tags.update(part())
         except Exception as e:  # noqa: BLE001 - the environment record must never fail a run
             tags[f"env.error.{name}"] = f"{type(e).__name__}: {e}"
+    tags.update(extra or {})
     tags = {k: str(v)[:_MAX_VALUE_LEN] for k, v in tags.items()}
-    tags["env.key"] = environment_key(tags)
+    tags["env.key"] = environment_key(tags, tuple(sorted(extra or {})))
     return tags
 
 
-def prerun_key(telemetry: bool = True) -> str:
+def prerun_key(telemetry: bool = True, extra: Mapping[str, str] | None = None) -> str:
     """``env.key`` as the worker's :func:`collect` will compute it, for the parent's resume
     check before any run exists. It avoids importing TensorFlow (5.7 s on a 2-core VM) by
     reading TF's version from its package metadata and its build from
     ``tensorflow/python/platform/build_info.py``; only a TensorRT build imports TF, since the
     TensorRT versions are known only to TF-TRT. GPUs are discovered the way the worker's
-    sampler does (none when ``benchmark.telemetry`` is off, as in the worker)."""
+    sampler does (none when ``benchmark.telemetry`` is off, as in the worker). ``extra``: the
+    backend's environment fields, as the worker passes them to :func:`collect`."""
     tags: dict[str, str] = {"env.cpu_model": cpu_model(), **_container()}
     try:
         tags.update(_gpu(_visible_gpus() if telemetry else []))
@@ -79,7 +83,9 @@ def prerun_key(telemetry: bool = True) -> str:
         tags.update(_tensorflow_light())
     except Exception:  # noqa: BLE001 - fall back to what collect() does
         tags.update(_tensorflow())
-    return environment_key({k: str(v)[:_MAX_VALUE_LEN] for k, v in tags.items()})
+    tags.update(extra or {})
+    return environment_key({k: str(v)[:_MAX_VALUE_LEN] for k, v in tags.items()},
+                           tuple(sorted(extra or {})))
 
 
 def _visible_gpus() -> list[dict[str, Any]]:
@@ -112,9 +118,12 @@ def _tensorflow_light() -> dict[str, str]:
             "env.tensorrt_linked_version": NONE, "env.tensorrt_loaded_version": NONE}
 
 
-def environment_key(tags: dict[str, str]) -> str:
-    """12 hex digits of sha1 over the KEY_FIELDS values."""
-    payload = json.dumps([tags.get(k, "") for k in KEY_FIELDS])
+def environment_key(tags: dict[str, str], extra_fields: tuple[str, ...] = ()) -> str:
+    """12 hex digits of sha1 over the KEY_FIELDS values (then ``extra_fields``' names and
+    values, when a backend adds some: without them the key is what it always was)."""
+    values: list[str] = [tags.get(k, "") for k in KEY_FIELDS]
+    values += [f"{k}={tags.get(k, '')}" for k in extra_fields]
+    payload = json.dumps(values)
     return hashlib.sha1(payload.encode()).hexdigest()[:12]
 
 

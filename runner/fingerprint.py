@@ -155,13 +155,13 @@ def _unknown(why: str) -> str:
     return f"unknown:{why}:{uuid.uuid4().hex[:8]}"
 
 
-def model_fingerprint(cfg: Any) -> tuple[str, str]:
+def model_fingerprint(cfg: Any, backend_ready: bool = True) -> tuple[str, str]:
     """(digest, what it was taken of) for the job's model; a zoo model is identified by its
     archive's sha256 (pinned, or recorded when first downloaded: downloading it first if
     neither exists)."""
     cache_dir = Path(cfg.cache_dir).expanduser()
     if cfg.model.source == "zoo":
-        return _zoo_fingerprint(cfg, cache_dir)
+        return _zoo_fingerprint(cfg, cache_dir, backend_ready)
     from runner.job import model_dir
 
     directory = model_dir(cfg)
@@ -175,19 +175,14 @@ def model_fingerprint(cfg: Any) -> tuple[str, str]:
         return _unknown("unreadable"), what
 
 
-def _zoo_fingerprint(cfg: Any, cache_dir: Path) -> tuple[str, str]:
+def _zoo_fingerprint(cfg: Any, cache_dir: Path, backend_ready: bool = True) -> tuple[str, str]:
     from runner import acquire, config, zoo
 
     archive = zoo.get(cfg.model.name).archive(config.nominal_resolution(cfg))
     what = f"zoo archive {archive.file_name}"
     known = acquire.known_sha256(cache_dir / "downloads" / archive.file_name)
-    if known is None and cfg.precision.backend == "tftrt":
-        from runner.backends.tftrt import check_available
-
-        try:  # the job fails on it at once, before any download: do not download for it here
-            check_available()
-        except Exception:  # noqa: BLE001 - UnsupportedPrecision and what TF raises
-            return _unknown("TF-TRT unavailable"), what
+    if known is None and not backend_ready:  # the job fails on its backend: no download
+        return _unknown(f"backend {cfg.precision.backend} unavailable"), what
     if known is None:
         try:
             acquire.ensure_zoo_model(cfg.model.name, config.nominal_resolution(cfg), cache_dir)
@@ -209,14 +204,17 @@ def dataset_fingerprint(dataset: Any, cache_dir: Path | None) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def of_job(cfg: Any) -> Fingerprint:
+def of_job(cfg: Any, backend_env: Mapping[str, str] | None = None,
+           backend_ready: bool = True) -> Fingerprint:
     """Everything but the config that a job's numbers depend on. Loads and validates the
     dataset (a ConfigError here comes before any MLflow run exists) and, for a zoo model never
-    downloaded, downloads it."""
+    downloaded, downloads it. ``backend_env``: the backend's environment fields (part of
+    env.key, see ``runner.backends``); ``backend_ready``: False when the job's backend failed its
+    availability check (the job fails on it: nothing is downloaded for it)."""
     from runner import data, environment
     from runner.acquire import AcquireError
 
-    model, model_source = model_fingerprint(cfg)
+    model, model_source = model_fingerprint(cfg, backend_ready)
     cache_dir = Path(cfg.cache_dir).expanduser()
     try:
         dataset = data.load_dataset(cfg.dataset, cfg.cache_dir)
@@ -227,7 +225,7 @@ def of_job(cfg: Any) -> Fingerprint:
     else:
         dataset_digest = dataset_fingerprint(dataset, cache_dir)
         dataset_source = str(dataset.annotations)
-    env = environment.prerun_key(cfg.benchmark.telemetry)
+    env = environment.prerun_key(cfg.benchmark.telemetry, backend_env)
     return Fingerprint(model, model_source, dataset_digest, dataset_source, env)
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import config, data, fingerprint, jobdir, signals
+from runner import backends, config, data, fingerprint, jobdir, reference, signals
 from runner.config import JobConfig
 from runner.results import describe, table
 from runner.worker import JobSpec, dataset_dict
@@ -205,7 +205,7 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
             "detbench.resolution": config.nominal_resolution(job_cfg),
             "detbench.dataset": job_cfg.dataset.display_name, "detbench.identity": key,
             "detbench.input_policy": job_cfg.benchmark.input_policy,
-            "detbench.job_dir": str(output_dir.resolve())}
+            "detbench.job_dir": str(output_dir.resolve()), **reference.tags(job_cfg, cfg)}
     if prints is not None:  # model bytes, dataset and env.key (runner.fingerprint)
         tags.update({**prints.tags(key), "detbench.identity": prints.identity(key)})
     if job_variant():
@@ -275,7 +275,10 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     reason = config.skip_reason(job_cfg)
     if reason:
         return JobResult("SKIPPED", None, uri, error=reason, name=name)
-    prints = fingerprint.of_job(job_cfg)  # loads and validates the dataset: before any run
+    available, unavailable = _availability(job_cfg)
+    prints = fingerprint.of_job(  # loads and validates the dataset: before any run
+        job_cfg, backends.get(job_cfg.precision.backend).environment(available),
+        backend_ready=unavailable is None)
     signals.install()  # also where submitit runs the job without runner.__main__
     tracker, skip, problem = _start_tracking(job_cfg, cfg, choices, identity(cfg), output_dir,
                                              prints)
@@ -293,7 +296,9 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     try:
         jobdir.write_text(output_dir / jobdir.CONFIG,
                           redact(OmegaConf.to_yaml(cfg, resolve=True)))
-        result.metrics = _acquire_and_measure(job_cfg, cfg, output_dir)
+        if unavailable is not None:  # the run records why
+            raise unavailable
+        result.metrics = _acquire_and_measure(job_cfg, cfg, output_dir, available)
         result.row = table.row(job_cfg.model.display_name, config.nominal_resolution(job_cfg),
                                job_cfg.precision.display_name, result.metrics)
         jobdir.write_text(output_dir / jobdir.TABLE_ROW, table.markdown([result.row]) + "\n")
@@ -306,6 +311,11 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
         if heartbeat is not None:
             heartbeat.stop()
     result.status, result.error = outcome.status, outcome.text
+    if tracker is not None and result.status == "FINISHED":  # the AP a conversion costs
+        try:
+            result.metrics |= reference.log_difference(tracker, job_cfg, cfg, result.metrics)
+        except Exception as exc:  # noqa: BLE001 - the server went away: publishing says so
+            log.warning("AP difference to Native FP32 not logged: %s", exc)
     with signals.deferred():  # a signal now ends the process after the run is ended, not during
         result.pending_reason = _record_outcome(output_dir, outcome, tracker, problem)
     if result.pending_reason:
@@ -376,28 +386,33 @@ def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[d
 
     from runner import calibration
 
-    trt = cfg.precision.trt
-    if cfg.precision.backend != "tftrt" or trt.precision_mode != "INT8":
+    need = backends.get(cfg.precision.backend).calibration(cfg.precision)
+    if need is None:
         return []
     candidates = dataset.images + dataset.unscored
     split = cfg.dataset.calibration_split
-    if trt.calibration_source == "disjoint" and split:
+    if need.source == "disjoint" and split:
         source = replace(cfg.dataset, split=split, num_images=None)
         candidates = data.load_dataset(source, cfg.cache_dir).images
-    chosen = calibration.select(candidates, dataset.images, trt.calibration_images,
-                                trt.calibration_source)
+    chosen = calibration.select(candidates, dataset.images, need.count, need.source,
+                                config_path=need.config_path)
     data.require_files(chosen, "calibration image file(s)")
     rows = [r.to_json() for r in chosen]
     jobdir.write_json(job_dir / jobdir.CALIBRATION,
-                      {"source": trt.calibration_source, "count": len(rows), "images": rows})
+                      {"source": need.source, "count": len(rows), "images": rows})
     return rows
 
 
-def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict[str, float]:
-    if cfg.precision.backend == "tftrt":  # fail at once, before any download
-        from runner.backends.tftrt import check_available
+def _availability(cfg: JobConfig) -> tuple[dict[str, str], Exception | None]:
+    """The backend's availability check, once per job (its result goes to the child)."""
+    try:
+        return backends.check_available(cfg.precision), None
+    except backends.UnsupportedPrecision as exc:
+        return {}, exc
 
-        check_available()
+
+def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path,
+                         available: Mapping[str, str]) -> dict[str, float]:
     directory = model_dir(cfg)
     if not (directory / "saved_model.pb").is_file():
         raise FileNotFoundError(f"no SavedModel at {str(directory)!r} (saved_model.pb missing)")
@@ -412,7 +427,8 @@ def _acquire_and_measure(cfg: JobConfig, raw: DictConfig, job_dir: Path) -> dict
                    dataset=dataset_dict(dataset),
                    keypoint_annotations=(str(dataset.keypoint_annotations)
                                          if dataset.keypoint_annotations else None),
-                   extra={"calibration": _calibration(cfg, dataset, job_dir)})
+                   extra={"calibration": _calibration(cfg, dataset, job_dir),
+                          "backend_available": dict(available)})
     spec.write(job_dir)
     from runner.gpu_lock import exclusive_gpu
 

@@ -464,6 +464,15 @@ class Tracker:
             max_results=1, order_by=["attributes.start_time DESC"])
         return (runs[0].info.run_id, dict(runs[0].data.tags)) if runs else None
 
+    def latest_finished_metrics(self, tags: Mapping[str, str]
+                                ) -> tuple[str, dict[str, float]] | None:
+        """(run id, metrics) of the newest FINISHED run in this experiment with these tags."""
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"{where} and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return (runs[0].info.run_id, dict(runs[0].data.metrics)) if runs else None
+
     def find_by_tag(self, key: str, value: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id],
                                        filter_string=f"tags.`{key}` = '{value}'", max_results=1)

@@ -18,13 +18,13 @@ import sys
 import time
 import traceback
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runner import config, data, jobdir, signals
+from runner import backends, config, data, jobdir, signals
 from runner.backends import Backend
 from runner.config import JobConfig
 from runner.detections import Detections
@@ -116,26 +116,28 @@ def _records(rows: Sequence[Any]) -> list[data.ImageRecord]:
 
 def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
              gpus: Sequence[Mapping[str, Any]]) -> Backend:
-    """The system under test. TF-TRT first learns the source's input spec, prepares the build
-    (and INT8 calibration) inputs off the timed path, then converts or takes the cached model."""
-    from runner.backends.native import NativeBackend
+    """The system under test, made by its backend's plugin (``runner.backends``); inputs it
+    needs for conversion are prepared off the timed path as the job prepares its inputs."""
+    nominal = config.nominal_resolution(cfg)
+    m = cfg.model
+    ctx = backends.BuildContext(
+        model_dir=Path(spec.model_dir), signature=m.signature, input_name=m.input_name,
+        input_dtype=m.input_dtype, precision=cfg.precision,
+        cache_dir=Path(cfg.cache_dir).expanduser(),
+        gpu_name=str(gpus[0].get("name")) if gpus else "none",
+        nominal_hw=None if nominal == "native" else config.resolution_hw(nominal),
+        available=spec.extra.get("backend_available", {}),
+        build_images=dataset.images[:1],
+        calibration_images=_records(spec.extra.get("calibration", [])),
+        prepare=lambda records, dtype, shape: [p.tensor for p in data.prepare(
+            records, spec=data.input_spec(cfg, shape, dtype))])
+    return backends.get(cfg.precision.backend).create(ctx)
 
-    model_dir, m = Path(spec.model_dir), cfg.model
-    if cfg.precision.backend == "native":
-        return NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype,
-                             amp=cfg.precision.amp, xla=cfg.precision.xla)
-    from runner.backends import tftrt
 
-    tftrt.check_available()
-    source = NativeBackend(model_dir, m.signature, m.input_name, m.input_dtype)
-    inputs, dtype = _input_spec(cfg, source), source.input_dtype
-    del source
-    build = [p.tensor for p in data.prepare(dataset.images[:1], spec=inputs)]
-    calibration = [p.tensor for p in data.prepare(
-        _records(spec.extra.get("calibration", [])), spec=inputs)]
-    return tftrt.TrtBackend(model_dir, Path(cfg.cache_dir).expanduser() / "trt", m.signature,
-                            m.input_name, dtype, cfg.precision.trt,
-                            str(gpus[0].get("name")) if gpus else "none", build, calibration)
+def _in_format(backend: Backend, prepared: Sequence[data.PreparedImage]
+               ) -> list[data.PreparedImage]:
+    """The prepared images in the backend's input format (its untimed input hook)."""
+    return [replace(p, tensor=backend.prepare_input(p.tensor)) for p in prepared]
 
 
 def _adapter(cfg: JobConfig) -> Any:
@@ -159,10 +161,8 @@ def time_model(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, job_dir: Pa
     and the telemetry files are written whatever ends it."""
     from runner.telemetry import Sampler
 
-    if cfg.precision.xla:
-        from runner.backends.native import enable_xla_before_tf_import
-
-        enable_xla_before_tf_import()
+    plugin = backends.get(cfg.precision.backend)
+    plugin.before_import(cfg.precision)
     bench = cfg.benchmark
     seed = bench.input_policy == "seed"
     timings: dict[str, float] = {"prepare_s": 0.0}
@@ -174,7 +174,8 @@ def time_model(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, job_dir: Pa
     sampler.start()
     wall_start = sampler.wall_start
     try:
-        _write_environment(sampler, seed, job_dir)
+        _write_environment(sampler, seed, job_dir, plugin.environment(
+            spec.extra.get("backend_available", {})))
         sampler.mark_phase("load")
         start = time.perf_counter()
         backend = _backend(cfg, spec, dataset, sampler.gpus)
@@ -199,11 +200,14 @@ def time_model(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, job_dir: Pa
                      **backend_metrics, **guard.metrics()})
 
 
-def _write_environment(sampler: Any, seed: bool, job_dir: Path) -> None:
-    """``environment.json``: the machine, what telemetry found and the timing method (tags)."""
+def _write_environment(sampler: Any, seed: bool, job_dir: Path,
+                       backend_env: Mapping[str, str]) -> None:
+    """``environment.json``: the machine, the backend's packages, what telemetry found and the
+    timing method (tags)."""
     from runner import environment
 
-    env = {**environment.collect(sampler.gpus), "telemetry.backend": sampler.backend,
+    env = {**environment.collect(sampler.gpus, extra=backend_env),
+           "telemetry.backend": sampler.backend,
            "telemetry.gpu_found": str(sampler.gpu_found).lower(),
            "telemetry.reason": sampler.reason or "",
            "telemetry.sampler": sampler.mode or "off",
@@ -230,7 +234,7 @@ def _timed_passes(cfg: JobConfig, dataset: data.Dataset, backend: Backend, guard
     for index, chunk in enumerate(data.chunked(dataset.images, bench.chunk_size)):
         sampler.mark_phase("prepare")
         start = time.perf_counter()
-        prepared = data.prepare(chunk, spec=inputs)
+        prepared = _in_format(backend, data.prepare(chunk, spec=inputs))
         tensors = [p.tensor for p in prepared]
         timings["prepare_s"] += time.perf_counter() - start
         if index == 0:
@@ -277,7 +281,7 @@ def _before_timing(cfg: JobConfig, backend: Backend, guard: Any,
     first = chunk[:checks.FIRST_CALLS]
 
     def reprepare(spec: data.InputSpec) -> Any:
-        return data.prepare(first, spec=spec, progress=False)
+        return _in_format(backend, data.prepare(first, spec=spec, progress=False))
 
     guard.before_timing(backend.predict, prepared[:checks.FIRST_CALLS], reprepare, inputs)
     sampler.mark_phase("warmup")

@@ -25,6 +25,7 @@ CHECKS: dict[str, tuple[str, ...]] = {
     "input_prep": ("prepared_shapes",),
     "latency_store": ("log_holds_the_latencies", "sigkilled_child_keeps_its_latencies"),
     "fingerprint_cost": ("same_digest", "change_detected"),
+    "runtimes": ("all_converted", "fp32_keeps_ap", "smaller_files"),
 }
 #: script -> the timing targets it must report (met or missed: quick runs are too short to judge)
 TARGETS: dict[str, tuple[str, ...]] = {
@@ -37,6 +38,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "input_prep": ("prepare_faster_than_inference",),
     "latency_store": ("log.added_ns_per_call",),
     "fingerprint_cost": ("cached_under_1pct",),
+    "runtimes": ("int8_faster",),
 }
 
 

@@ -3,6 +3,7 @@ Grappler's auto mixed precision (fp16 on NVIDIA GPUs, bf16 on oneDNN CPUs), opti
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Mapping
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from runner.backends import BuildContext, Plugin, UnsupportedPrecision
 
 #: Grappler option per amp mode (tf.config.optimizer.set_experimental_options).
 AMP_OPTIONS = {"fp16": "auto_mixed_precision", "bf16": "auto_mixed_precision_onednn_bfloat16"}
@@ -20,8 +23,8 @@ class SignatureError(ValueError):
     """The SavedModel does not offer the configured signature or input."""
 
 
-class UnsupportedPrecision(RuntimeError):
-    """This machine or TensorFlow build cannot run the requested precision."""
+__all__ = ["NativeBackend", "SignatureError", "UnsupportedPrecision"]
+AMP_MODES = ("none", "fp16", "bf16")
 
 
 def enable_xla_before_tf_import() -> None:
@@ -91,6 +94,10 @@ class NativeBackend:
         self.input_shape = [d if d is None else int(d) for d in specs[input_name].shape]
         self.executed: dict[str, str] = {}
 
+    def prepare_input(self, tensor: Any) -> Any:
+        """The decoded tf.Tensor is what the signature takes."""
+        return tensor
+
     def predict(self, image: Any) -> Mapping[str, np.ndarray]:
         """One call; ``.numpy()`` forces the outputs so device work is finished on return."""
         outputs = self._fn(**{self.input_name: image})
@@ -118,3 +125,31 @@ class NativeBackend:
         return {"backend": "native", "signature": self.signature, "input_name": self.input_name,
                 "input_dtype": self.input_dtype, "input_shape": str(self.input_shape),
                 "amp": self.amp, "xla": str(self.xla).lower(), **self.executed}
+
+
+class NativePlugin(Plugin):
+    name, label, order = "native", "Native", 0
+    where = "any machine with TensorFlow (AMP FP16: NVIDIA GPU; AMP BF16: oneDNN CPU)"
+    display_order = ("Native FP32",)  # AMP rows are not in the public table: after its rows
+
+    def fields(self) -> list[tuple[str, Any, Any]]:
+        return [("amp", str, dataclasses.field(default="none")),  # Grappler auto mixed precision
+                ("xla", bool, dataclasses.field(default=False))]  # XLA JIT auto-clustering
+
+    def validate(self, precision: Any) -> None:
+        from runner.config import ConfigError
+
+        if precision.amp not in AMP_MODES:
+            raise ConfigError(f"precision.amp={precision.amp!r} is not valid; choose one of: "
+                              f"{', '.join(AMP_MODES)}")
+
+    def before_import(self, precision: Any) -> None:
+        if precision.xla:
+            enable_xla_before_tf_import()
+
+    def create(self, ctx: BuildContext) -> NativeBackend:
+        return NativeBackend(ctx.model_dir, ctx.signature, ctx.input_name, ctx.input_dtype,
+                             amp=ctx.precision.amp, xla=ctx.precision.xla)
+
+
+PLUGIN = NativePlugin()

@@ -3,18 +3,40 @@ the job's input shape, save, reload and time the converted serving signature (Na
 
 Only TensorFlow builds with TensorRT can run this (NVIDIA's container; pip TensorFlow has none
 since 2.18): elsewhere ``check_available`` raises at once with how to get one. The conversion
-sequence follows shared/reference/zoo.md; converted models are cached (``trt_cache``).
+sequence follows shared/reference/zoo.md; converted models are cached (``cache``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.backends import BuildContext, CalibrationNeed, Plugin
+from runner.backends.cache import CacheResult, ConversionCache, source_hash
 from runner.backends.native import NativeBackend, UnsupportedPrecision
-from runner.backends.trt_cache import CacheResult, ConversionCache, source_hash
-from runner.config import TrtConfig
+
+TRT_MODES = ("FP32", "FP16", "INT8")
+CALIBRATION_SOURCES = ("disjoint", "seed")
+
+
+@dataclass
+class TrtConfig:
+    """TF-TRT converter settings (tf.experimental.tensorrt.Converter); documented defaults."""
+
+    precision_mode: str = "FP32"  # FP32 | FP16 | INT8
+    max_workspace_size_bytes: int = 1 << 30
+    minimum_segment_size: int = 3  # the API default
+    maximum_cached_engines: int = 1
+    allow_build_at_runtime: bool = True
+    use_dynamic_shape: bool = False
+    dynamic_shape_profile_strategy: str = "Optimal"
+    calibration_images: int = 100  # INT8 only
+    # disjoint: images not scored (MLPerf's rule); seed: the first scored images (public table)
+    calibration_source: str = "disjoint"
+
 
 HOW_TO_GET_IT = ("run TF-TRT precisions in NVIDIA's TensorFlow container, e.g. "
                  "make docker-bench ARGS=\"precision=trt_fp16\" (docker/README.md)")
@@ -100,8 +122,9 @@ class TrtBackend:
 
     def __init__(self, source: Path, cache_root: Path, signature: str, input_name: str,
                  input_dtype: str, trt: TrtConfig, gpu_name: str,
-                 build_inputs: Sequence[Any], calibration_inputs: Sequence[Any]) -> None:
-        info = check_available()
+                 build_inputs: Sequence[Any], calibration_inputs: Sequence[Any],
+                 info: Mapping[str, str] | None = None) -> None:
+        info = info or check_available()  # the job passes what its availability check found
         shape = [int(d) for d in build_inputs[0].shape]
         ingredients = {"source_sha256": source_hash(source), **converter_kwargs(trt),
                        "calibration_images": len(calibration_inputs) if trt.precision_mode ==
@@ -113,6 +136,9 @@ class TrtBackend:
                                              calibration_inputs))
         self.native = NativeBackend(self.result.path, signature, input_name, input_dtype)
         self.input_dtype, self.input_shape = self.native.input_dtype, self.native.input_shape
+
+    def prepare_input(self, tensor: Any) -> Any:
+        return tensor
 
     def predict(self, image: Any) -> Mapping[str, Any]:
         return self.native.predict(image)
@@ -127,3 +153,51 @@ class TrtBackend:
     def describe(self) -> dict[str, str]:
         return {**self.native.describe(), "backend": "tftrt", "trt_cache_key": self.result.key,
                 "trt_cache_hit": str(self.result.hit).lower()}
+
+
+class TrtPlugin(Plugin):
+    name, label, order = "tftrt", "TF-TRT", 10
+    where = "NVIDIA GPU, TensorFlow built with TensorRT (NVIDIA's container: make docker-bench)"
+    display_order = ("TF-TRT FP32", "TF-TRT FP16", "TF-TRT INT8")
+
+    def fields(self) -> list[tuple[str, Any, Any]]:
+        return [("trt", TrtConfig, dataclasses.field(default_factory=TrtConfig))]
+
+    def validate(self, precision: Any) -> None:
+        from runner.config import ConfigError
+
+        trt = precision.trt
+        for name, value, valid in (("precision_mode", trt.precision_mode, TRT_MODES),
+                                   ("calibration_source", trt.calibration_source,
+                                    CALIBRATION_SOURCES)):
+            if value not in valid:
+                raise ConfigError(f"precision.trt.{name}={value!r} is not valid; choose one "
+                                  f"of: {', '.join(valid)}")
+        for name in ("calibration_images", "minimum_segment_size", "max_workspace_size_bytes"):
+            if getattr(trt, name) <= 0:
+                raise ConfigError(f"precision.trt.{name}={getattr(trt, name)!r} is not valid; "
+                                  "it must be a finite number > 0")
+
+    def check_available(self, precision: Any) -> dict[str, str]:
+        return check_available()
+
+    def calibration(self, precision: Any) -> CalibrationNeed | None:
+        trt = precision.trt
+        if trt.precision_mode != "INT8":
+            return None
+        return CalibrationNeed(trt.calibration_images, trt.calibration_source, "precision.trt")
+
+    def create(self, ctx: BuildContext) -> TrtBackend:
+        """Learn the source's input spec, prepare the build (and INT8 calibration) inputs off
+        the timed path, then convert or take the cached model."""
+        source = NativeBackend(ctx.model_dir, ctx.signature, ctx.input_name, ctx.input_dtype)
+        shape, dtype = source.input_shape, source.input_dtype
+        del source
+        build = ctx.prepare(ctx.build_images, dtype, shape)
+        calibration = ctx.prepare(ctx.calibration_images, dtype, shape)
+        return TrtBackend(ctx.model_dir, ctx.cache_dir / "trt", ctx.signature, ctx.input_name,
+                          dtype, ctx.precision.trt, ctx.gpu_name, build, calibration,
+                          info=ctx.available)
+
+
+PLUGIN = TrtPlugin()

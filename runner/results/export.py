@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runner import tracking
+from runner import backends, tracking
 from runner.results import plots, table
 from runner.results.runs import METRIC_PREFIX, ExportError, Filters, check_environments, load_runs
 from runner.results.table import CI_COLUMN, CI_HIGH, CI_LOW, ENV_COLUMN
@@ -52,8 +52,6 @@ METHOD_COLUMN = "Method"
 VARIANT_COLUMN = "Variant"
 N_COLUMN = "n"
 RANGE_COLUMN = "images/sec range"
-#: The public table's precision order within one model and input.
-PRECISION_ORDER = ("Native FP32", "TF-TRT FP32", "TF-TRT FP16", "TF-TRT INT8")
 ERROR_CHARS = 60  # a failed row's AP cell: "failed: " + at most this many characters
 # "JobFailed: OSError: ..." -> "OSError: ...": wrappers in front of the real exception's name
 _WRAPPERS = re.compile(r"^(?:[A-Za-z_][\w.]*: )+(?=[A-Za-z_][\w.]*(?:Error|Exception): )")
@@ -105,8 +103,7 @@ def order_runs(df: pd.DataFrame) -> pd.DataFrame:
     rank = _zoo_rank()
     zoo = [rank.get((m, r), rank.get((str(d).lower(), r), math.inf))
            for m, d, r in zip(df["model"], df["model_display"], df["resolution"], strict=True)]
-    prec = [PRECISION_ORDER.index(p) if p in PRECISION_ORDER else len(PRECISION_ORDER)
-            for p in df["precision_display"]]
+    prec = [backends.table_rank(p) for p in df["precision_display"]]  # runtime, then precision
     keys = pd.DataFrame({"zoo": zoo, "prec": prec, "start": df["start_time"].to_numpy()},
                         index=df.index)
     keys.loc[keys["zoo"] == math.inf, "prec"] = 0

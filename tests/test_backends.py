@@ -1,0 +1,91 @@
+"""The backend registry: a backend defined outside runner/ plugs in through DETBENCH_BACKENDS
+and runs end to end (its config section, availability check once per job, calibration, input
+hook, environment field), and the registry's validation and table order."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from runner import backends, config, environment
+from runner.config import ConfigError
+from tests.conftest import ROOT, compose_job
+
+
+def test_a_dummy_backend_plugs_in_without_touching_the_orchestrator(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    calls = tmp_path / "calls.txt"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "DETBENCH_BACKENDS": "tests.dummy_backend",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "runner", f"hydra.run.dir={tmp_path / 'run'}",
+           "precision.backend=dummy", "precision.name=dummy", "precision.display_name=Dummy FP32",
+           f"precision.dummy.calls_file={calls}", "dataset.num_images=6",
+           "dataset.calibration_split=null", "benchmark.warmup=1", "benchmark.telemetry=false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("detbench")
+    assert exp is not None
+    (run,) = client.search_runs([exp.experiment_id])
+    tags, metrics = run.data.tags, run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert tags["backend.backend"] == "dummy"
+    assert tags["backend.input_type"] == "ndarray"  # every timed call got the hook's format
+    assert tags["backend.calibration_images"] == "3" and metrics["dummy.calibration_images"] == 3
+    assert tags["env.dummy_runtime"] == "1.0"  # the backend's environment field ...
+    plain = {k: v for k, v in tags.items() if k.startswith("env.") and k != "env.dummy_runtime"}
+    assert tags["env.key"] != environment.environment_key(plain)  # ... is part of env.key
+    assert "Dummy FP32" in proc.stdout
+    pids = calls.read_text().split()
+    assert len(pids) == 1, pids  # checked once per job: the parent, not the child again
+    assert tags["backend.available_pid"] == pids[0]  # the child got the parent's result
+
+
+def test_unknown_backend_names_the_registered_ones() -> None:
+    cfg = config.to_object(compose_job(["precision.backend=coreml"]))
+    with pytest.raises(ConfigError, match=r"precision.backend='coreml' is not valid; choose one "
+                                          r"of: native, tftrt, litert, onnx, openvino"):
+        config.validate(cfg)
+
+
+def test_a_field_of_another_backend_is_refused() -> None:
+    cfg = config.to_object(compose_job(["precision=litert_fp32", "precision.amp=bf16"]))
+    with pytest.raises(ConfigError, match=r"precision.amp='bf16' applies to the native backend "
+                                          r"only, but precision.backend='litert'"):
+        config.validate(cfg)
+    # a section of another backend may carry sweep-wide values
+    config.validate(config.to_object(compose_job(["precision=fp32",
+                                                  "precision.litert.num_threads=2"])))
+
+
+def test_table_order_comes_from_the_plugins() -> None:
+    labels = ["LiteRT INT8", "TF-TRT FP16", "Native AMP BF16", "LiteRT FP32", "Native FP32",
+              "TF-TRT INT8", "TF-TRT FP32"]
+    assert sorted(labels, key=backends.table_rank) == [
+        "Native FP32", "TF-TRT FP32", "TF-TRT FP16", "TF-TRT INT8", "LiteRT FP32", "LiteRT INT8",
+        "Native AMP BF16"]
+
+
+def test_every_precision_config_names_a_registered_backend() -> None:
+    for path in sorted((ROOT / "conf" / "precision").glob("*.yaml")):
+        cfg = config.to_object(compose_job([f"precision={path.stem}"]))
+        config.validate(cfg)
+        plugin = backends.get(cfg.precision.backend)
+        assert cfg.precision.display_name in plugin.display_order or plugin.name == "native", (
+            path.name)
+
+
+def test_reference_precision_is_the_default_one() -> None:
+    def ref(*overrides: str) -> bool:
+        cfg = config.to_object(compose_job(list(overrides)))
+        return backends.is_reference(cfg.precision, config.PrecisionConfig)
+
+    assert ref("precision=fp32") and ref("precision=fp32", "precision.litert.mode=int8")
+    assert not ref("precision=amp_bf16") and not ref("precision=litert_fp32")
+    assert not ref("precision=fp32", "precision.xla=true")
