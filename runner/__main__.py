@@ -31,6 +31,9 @@ config.register()
 sys.argv[1:] = config.rewrite_resolution_args(
     sys.argv[1:], os.path.join(os.path.dirname(os.path.dirname(__file__)), "conf"))
 log = logging.getLogger("runner")
+#: set once Hydra has composed a config and called ``main``: an exit 1 before that is Hydra
+#: refusing the command line (an unknown key without ``+``, a group choice that does not exist)
+_COMPOSED = False
 
 
 def config_path() -> str:
@@ -61,6 +64,9 @@ def version_text() -> str:
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="config")
 def main(cfg: DictConfig) -> dict[str, str | None]:
     from pathlib import Path
+
+    global _COMPOSED
+    _COMPOSED = True
 
     from runner import job
     from runner.results import report
@@ -113,6 +119,10 @@ def cli() -> None:
     signals.install()
     try:
         main()
+    except SystemExit as exc:
+        if exc.code == 1 and not _COMPOSED:  # Hydra's own config error: nothing ran, no run
+            sys.exit(2)
+        raise
     except (signals.Terminated, KeyboardInterrupt) as exc:
         print(f"detbench: stopped: {signals.describe(signals.received() or signal.SIGINT)}",
               file=sys.stderr)

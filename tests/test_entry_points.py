@@ -113,6 +113,10 @@ def test_config_errors_exit_2_before_any_run(installed: Installed) -> None:
         assert proc.returncode == 2, proc.stdout + proc.stderr[-2000:]
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and needle in lines[0], proc.stderr
+    # Hydra's own refusals (a key without '+', a group choice that does not exist): exit 2 too
+    for args, needle in ((["benchmark.warmpu=3"], "warmpu"), (["model=nope"], "nope")):
+        proc = installed.run(installed.bin("detbench"), *args, uri)
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-2000:]
     assert _runs_in(db) == 0
 
 

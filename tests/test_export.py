@@ -560,6 +560,7 @@ def test_cli_exit_codes(produced: Produced, tmp_path: Path,
     assert "unknown extra column" in capsys.readouterr().err
     assert export.main(["--uri", uri, "--experiment", "nope"]) == 2
     assert "no experiment named 'nope'" in capsys.readouterr().err
-    proc = subprocess.run([sys.executable, "-m", "runner.results.export", "--help"],
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0 and "--mix-environments" in proc.stdout
+    for module in ("runner.results.export", "runner.results", "runner.export"):  # old name too
+        proc = subprocess.run([sys.executable, "-m", module, "--help"],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "--mix-environments" in proc.stdout, module
