@@ -170,6 +170,10 @@ def register() -> None:
     ConfigStore.instance().store(name="detbench_schema", node=JobConfig)
 
 
+#: config keys that do not change what a job measures: left out of its identity (resume), of
+#: run names and of comparisons (one list: runner.job, runner.results.describe, runner.reference)
+NOT_MEASURED = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
+                "cache_dir")
 MODEL_SOURCES = ("embedded", "zoo", "path")
 DATASET_KINDS = ("synthetic", "coco2017", "coco")
 INPUT_DTYPES = ("uint8", "float32")

@@ -41,8 +41,7 @@ log = logging.getLogger(__name__)
 
 MAX_SERIES_POINTS = 1000  # per sampled quantity logged as an MLflow time series
 #: config keys that do not change what a job measures (left out of its identity hash)
-NOT_IDENTITY = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
-                "cache_dir")
+NOT_IDENTITY = config.NOT_MEASURED
 OUTCOME = jobdir.OUTCOME
 PUBLISHED = jobdir.PUBLISHED
 #: seconds the worker gets to write what it has after SIGTERM before it is SIGKILLed (it handles
