@@ -252,7 +252,7 @@ def worker_defers_outputs() -> bool:
 
 class WorkerLoop:
     """The worker's timed loop over one block of prepared inputs: ``runner.measure.time_calls``
-    with the worker's ``on_output`` (zoo adapter -> ``Results.add``, as ``runner.worker.measure``
+    with the worker's ``on_output`` (zoo adapter -> ``Results.add``, as ``runner.worker.time_model``
     does it) and its tqdm progress bar (written to /dev/null). Returns the latencies and one
     fingerprint per call (taken after the loop).
 

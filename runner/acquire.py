@@ -380,10 +380,6 @@ def _corrupt(archive: Path, exc: BaseException) -> AcquireError:
                         f"the next run downloads it again")
 
 
-def _top(name: str) -> str:
-    return PurePosixPath(name.replace("\\", "/")).parts[0]
-
-
 Select = Callable[[str], bool]
 
 

@@ -19,16 +19,13 @@ def select(candidates: Sequence[ImageRecord], scored: Sequence[ImageRecord], cou
 
     ``disjoint``: sampled (seeded) from ``candidates`` minus every scored image id.
     ``seed``: the first ``count`` scored images, as the public table calibrated.
-    ``config_path``: the backend's config section, named in error messages.
+    ``config_path``: the backend's config section, named in error messages. ``count`` > 0 and
+    ``source`` among (disjoint, seed) are the backend's ``validate()``'s to check (once, before any
+    run); what only the data can tell (too few disjoint images) is checked here.
     """
-    if count <= 0:
-        raise ConfigError(f"{config_path}.calibration_images={count} is not valid; it must be > 0")
     if source == "seed":
         pool = sorted(scored, key=lambda r: r.image_id)
         return pool[:count]
-    if source != "disjoint":
-        raise ConfigError(f"{config_path}.calibration_source={source!r} is not valid; "
-                          "choose one of: disjoint, seed")
     scored_ids = {r.image_id for r in scored}
     pool = sorted((r for r in candidates if r.image_id not in scored_ids),
                   key=lambda r: r.image_id)

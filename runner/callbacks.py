@@ -22,12 +22,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from runner.results.describe import SWEPT_ENV
 from runner.tracking import resolve_uri
 
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "DETBENCH_PARENT_RUN_ID"
-SWEPT_ENV = "DETBENCH_SWEPT_KEYS"  # runner.results.describe.SWEPT_ENV
 SWEEP_TAG = "detbench.sweep"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. /]")

@@ -15,7 +15,15 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from runner import backends
-from runner.signatures import BOX_FORMATS, BOX_FRAMES, BOX_ORDERS, CLASS_MAPS, RESIZE_RULES
+from runner.signatures import (
+    ADAPTER_NAMES,
+    BOX_FORMATS,
+    BOX_FRAMES,
+    BOX_ORDERS,
+    CLASS_MAPS,
+    RESIZE_RULES,
+    ROLES,
+)
 from runner.stats import PERCENTILE_METHODS
 
 
@@ -162,9 +170,12 @@ def register() -> None:
     ConfigStore.instance().store(name="detbench_schema", node=JobConfig)
 
 
+#: config keys that do not change what a job measures: left out of its identity (resume), of
+#: run names and of comparisons (one list: runner.job, runner.results.describe, runner.reference)
+NOT_MEASURED = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
+                "cache_dir")
 MODEL_SOURCES = ("embedded", "zoo", "path")
 DATASET_KINDS = ("synthetic", "coco2017", "coco")
-OUTPUT_ADAPTERS = ("zoo", "zoo_keypoints", "zoo_masks", "centernet_tflite", "custom")
 INPUT_DTYPES = ("uint8", "float32")
 INPUT_POLICIES = ("native", "seed")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -172,7 +183,6 @@ OUTPUT_CHECKS = ("fail", "warn")
 #: resolution names besides HxW: the model's own (first published) size
 RESOLUTION_NAMES = ("default",)
 _HXW = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
-ROLES = ("boxes", "classes", "scores", "num_detections")
 SPLITS = ("train", "val")
 
 
@@ -204,7 +214,7 @@ def validate(cfg: JobConfig | DictConfig) -> None:
     """Check values that types cannot: choices, ranges and paths. Raises ConfigError."""
     model, data, bench = cfg.model, cfg.dataset, cfg.benchmark
     _choice("model.source", model.source, MODEL_SOURCES)
-    _choice("model.outputs", model.outputs, OUTPUT_ADAPTERS)
+    _choice("model.outputs", model.outputs, ADAPTER_NAMES)
     _choice("model.input_dtype", model.input_dtype, INPUT_DTYPES)
     _choice("model.box_format", model.box_format, BOX_FORMATS)
     _choice("model.box_order", model.box_order, BOX_ORDERS)

@@ -7,7 +7,7 @@ model for the CPU, so it never overlaps a timed call, and only one chunk is held
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +19,28 @@ from runner.detections import Frame
 
 @dataclass(frozen=True)
 class ImageRecord:
+    """One image of a dataset: its COCO id, file and original pixel size."""
+
     image_id: int
     path: Path
     width: int
     height: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as ``job.json`` and ``calibration.json`` hold it."""
+        return {"image_id": self.image_id, "path": str(self.path), "width": self.width,
+                "height": self.height}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any] | Sequence[Any]) -> ImageRecord:
+        """The inverse of :meth:`to_json`. Also reads the positional ``[id, path, width,
+        height]`` rows of job directories written before records had names (``runner.sync``
+        may publish such a directory late)."""
+        if isinstance(value, Mapping):
+            return cls(int(value["image_id"]), Path(value["path"]), int(value["width"]),
+                       int(value["height"]))
+        image_id, path, width, height = value
+        return cls(int(image_id), Path(path), int(width), int(height))
 
 
 @dataclass(frozen=True)

@@ -49,29 +49,6 @@ STAT_NAMES: tuple[str, ...] = (
 )
 
 
-def _pixel_xywh(width: int, height: int, boxes: np.ndarray) -> np.ndarray:
-    """Normalized ``[ymin, xmin, ymax, xmax]`` -> pixel ``[x, y, w, h]`` (float64, clipped)."""
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got width={width}, height={height}")
-    b = np.clip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), 0.0, 1.0)
-    if not np.isfinite(b).all():
-        raise ValueError("detection boxes contain non-finite values")
-    ymin, xmin, ymax, xmax = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    xywh = np.empty_like(b)
-    xywh[:, 0] = xmin * width
-    xywh[:, 1] = ymin * height
-    xywh[:, 2] = np.maximum(xmax - xmin, 0.0) * width
-    xywh[:, 3] = np.maximum(ymax - ymin, 0.0) * height
-    return xywh
-
-
-def _scores(det: Detections) -> np.ndarray:
-    scores = np.asarray(det.scores, dtype=np.float64).reshape(-1)
-    if not np.isfinite(scores).all():
-        raise ValueError("detection scores contain non-finite values")
-    return scores
-
-
 def _as_dicts(
     image_ids: np.ndarray, xywh: np.ndarray, scores: np.ndarray, classes: np.ndarray
 ) -> list[dict[str, Any]]:
@@ -83,19 +60,6 @@ def _as_dicts(
     ]
 
 
-def to_coco_results(
-    image_id: int, width: int, height: int, det: Detections
-) -> list[dict[str, Any]]:
-    """COCO results (``image_id, category_id, bbox [x, y, w, h], score``) of one image.
-
-    ``width``/``height`` are the original image's pixel size; bbox values are Python floats.
-    """
-    xywh = _pixel_xywh(width, height, det.boxes)
-    classes = np.asarray(det.classes, dtype=np.int64).reshape(-1)
-    ids = np.full(len(classes), int(image_id), dtype=np.int64)
-    return _as_dicts(ids, xywh, _scores(det), classes)
-
-
 Columns = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # image ids, xywh, scores, classes
 
 
@@ -104,8 +68,7 @@ class ResultsAccumulator:
 
     Each image may be added once (a second ``add`` for the same id raises ``ValueError``).
     ``add`` runs between timed calls, so it only checks and copies the arrays as given; the
-    conversion to pixel boxes happens for all images at once when results are asked for (the
-    same float64 operations, so the same values).
+    conversion to pixel boxes happens for all images at once when results are asked for.
     """
 
     def __init__(self, truncate: bool = False) -> None:
@@ -128,7 +91,7 @@ class ResultsAccumulator:
         if width <= 0 or height <= 0:
             raise ValueError(f"image size must be positive, got width={width}, height={height}")
         boxes = np.array(det.boxes).reshape(-1, 4)
-        if np.isnan(boxes).any():  # infinities clip to the image's edge, as in to_coco_results
+        if np.isnan(boxes).any():  # infinities clip to the image's edge (_columns)
             raise ValueError("detection boxes contain non-finite values")
         if self.truncate and np.isinf(boxes).any():  # no clipping here: int(inf) has no value
             raise ValueError("detection boxes contain infinite values, which the public script's "
@@ -154,8 +117,10 @@ class ResultsAccumulator:
         return list(self._image_ids)
 
     def _columns(self) -> Columns:
-        """(image ids, pixel xywh float64, scores float64, classes int64), one row per detection:
-        what ``_pixel_xywh`` gives per image, computed for all images at once."""
+        """(image ids, pixel xywh float64, scores float64, classes int64), one row per detection,
+        computed for all images at once: normalized boxes clipped to ``[0, 1]``, then
+        ``[xmin*W, ymin*H, (xmax-xmin)*W, (ymax-ymin)*H]`` in float64 (or the ``truncate``
+        policy)."""
         if not self._image_ids:
             return (
                 np.zeros(0, np.int64),

@@ -21,9 +21,12 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
+
+if TYPE_CHECKING:
+    from runner.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +229,7 @@ def of_job(cfg: Any, backend_env: Mapping[str, str] | None = None,
     return Fingerprint(model, model_source, dataset_digest, dataset_source, env)
 
 
-def resume_decision(tracker: Any, config_key: str, fp: Fingerprint) -> tuple[str | None, str]:
+def resume_decision(tracker: Tracker, config_key: str, fp: Fingerprint) -> tuple[str | None, str]:
     """(skip reason or None, what to tell the user): skip when a FINISHED run has this config,
     model bytes, dataset and environment; else say what changed since the last FINISHED run of
     the same config, if any."""

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,13 +33,15 @@ from runner.config import JobConfig
 from runner.results import describe, table
 from runner.worker import JobSpec, dataset_dict
 
+if TYPE_CHECKING:  # runner.tracking imports MLflow lazily; the job imports it when it tracks
+    from runner.fingerprint import Fingerprint
+    from runner.tracking import Tracker
+
 log = logging.getLogger(__name__)
 
 MAX_SERIES_POINTS = 1000  # per sampled quantity logged as an MLflow time series
 #: config keys that do not change what a job measures (left out of its identity hash)
-NOT_IDENTITY = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
-                "cache_dir")
-PARENT_ENV = "DETBENCH_PARENT_RUN_ID"
+NOT_IDENTITY = config.NOT_MEASURED
 OUTCOME = jobdir.OUTCOME
 PUBLISHED = jobdir.PUBLISHED
 #: seconds the worker gets to write what it has after SIGTERM before it is SIGKILLed (it handles
@@ -185,8 +187,8 @@ def _params(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
 
 
 def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, str], key: str,
-                    output_dir: Path, prints: Any = None
-                    ) -> tuple[Any, str | None, str | None]:
+                    output_dir: Path, prints: Fingerprint | None = None
+                    ) -> tuple[Tracker | None, str | None, str | None]:
     """(tracker with a started run, None, None); (tracker attached to the stored run, a skip
     reason, None) when the job already FINISHED with the same config, model bytes, dataset and
     environment (``prints``);
@@ -194,6 +196,7 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
     read-only database). Writes tracking.json for runner.sync."""
     from mlflow.exceptions import MlflowException
 
+    from runner.callbacks import PARENT_ENV  # set by the sweep's parent run
     from runner.tracking import Tracker, TrackingUnavailable, redact, resolve_uri
 
     name = run_name(job_cfg)
@@ -215,7 +218,7 @@ def _start_tracking(job_cfg: JobConfig, cfg: DictConfig, choices: Mapping[str, s
     record = {"uri": redact(resolve_uri(job_cfg.tracking.uri)),
               "experiment": job_cfg.tracking.experiment,
               "name": name, "params": params, "tags": tags, "run_id": None}
-    tracker: Any = None
+    tracker: Tracker | None = None
     problem: str | None = None
     try:
         tracker = Tracker(job_cfg.tracking.uri, job_cfg.tracking.experiment)
@@ -288,7 +291,9 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     result = JobResult("RUNNING", tracker.run_id if tracker else None, uri, name=name,
                        ui_link=tracker.ui_link() if tracker else None,
                        experiment_id=tracker.experiment_id if tracker else None)
-    heartbeat = Heartbeat(tracker.uri, tracker.run_id).start() if tracker else None
+    # a tracker that did not skip has started its run, so it has a run id
+    heartbeat = (Heartbeat(tracker.uri, tracker.run_id).start()
+                 if tracker and tracker.run_id else None)
     stopped_by: BaseException | None = None
     try:
         jobdir.write_text(output_dir / jobdir.CONFIG,
@@ -323,7 +328,7 @@ def run(cfg: DictConfig, choices: Mapping[str, str], output_dir: Path) -> JobRes
     return result
 
 
-def _record_outcome(job_dir: Path, outcome: Outcome, tracker: Any,
+def _record_outcome(job_dir: Path, outcome: Outcome, tracker: Tracker | None,
                     problem: str | None) -> str | None:
     """Write outcome.json and log the job directory; None when logged, else why not. A full
     disk does not stop the logging: the outcome in memory ends the run."""
@@ -342,7 +347,7 @@ def _record_outcome(job_dir: Path, outcome: Outcome, tracker: Any,
     return None
 
 
-def publish(job_dir: Path, tracker: Any, outcome: Outcome | None = None) -> None:
+def publish(job_dir: Path, tracker: Tracker, outcome: Outcome | None = None) -> None:
     """Log a job directory's results to the tracker's run and end it with the job's outcome
     (``outcome.json`` unless given); ``published.json`` marks the directory done (runner.sync
     skips it). Publishing again (runner.sync after a partial upload) logs no metric twice."""
@@ -354,7 +359,7 @@ def publish(job_dir: Path, tracker: Any, outcome: Outcome | None = None) -> None
     spec = jobdir.read_json_if(job_dir / jobdir.JOB)
     if spec is not None:
         ds = spec["dataset"]
-        digest = hashlib.sha1(json.dumps([ds["annotations"], [r[0] for r in ds["images"]]])
+        digest = hashlib.sha1(json.dumps([ds["annotations"], _image_ids(ds["images"])])
                               .encode()).hexdigest()
         tracker.log_dataset(f"{ds['display_name']} ({len(ds['images'])} images)",
                             ds["annotations"], len(ds["images"]), digest)
@@ -375,7 +380,7 @@ def publish(job_dir: Path, tracker: Any, outcome: Outcome | None = None) -> None
         log.warning("%s", exc)
 
 
-def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[Any]:
+def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[dict[str, Any]]:
     """INT8 calibration images (written to calibration.json and logged with the run)."""
     from dataclasses import replace
 
@@ -392,7 +397,7 @@ def _calibration(cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> list[A
     chosen = calibration.select(candidates, dataset.images, need.count, need.source,
                                 config_path=need.config_path)
     data.require_files(chosen, "calibration image file(s)")
-    rows = [(r.image_id, str(r.path), r.width, r.height) for r in chosen]
+    rows = [r.to_json() for r in chosen]
     jobdir.write_json(job_dir / jobdir.CALIBRATION,
                       {"source": need.source, "count": len(rows), "images": rows})
     return rows
@@ -512,7 +517,7 @@ def _suppress_psutil() -> Any:
     return contextlib.suppress(psutil.Error)
 
 
-def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | None) -> None:
+def _log_outputs(tracker: Tracker, job_dir: Path, metrics: Mapping[str, float] | None) -> None:
     """Log whatever the measured part wrote; a job that did not finish gets ``partial.*``
     statistics of the latencies it stored and of the telemetry rows it wrote, and its
     ``latencies.csv`` is rebuilt from the latency log (the worker may not have written it)."""
@@ -542,6 +547,11 @@ def _log_outputs(tracker: Any, job_dir: Path, metrics: Mapping[str, float] | Non
     tracker.log_artifacts(jobdir.existing(job_dir, names))
 
 
+def _image_ids(rows: list[Any]) -> list[int]:
+    """The image ids of ``job.json``'s dataset records (``data.ImageRecord.to_json``)."""
+    return [data.ImageRecord.from_json(r).image_id for r in rows]
+
+
 def _partial_metrics(job_dir: Path) -> dict[str, float]:
     """``partial.*`` statistics of every latency in the log (all passes), and latencies.csv
     rebuilt from it; without a log (a directory from before it), from latencies.csv."""
@@ -551,7 +561,7 @@ def _partial_metrics(job_dir: Path) -> dict[str, float]:
     spec = jobdir.read_json_if(job_dir / jobdir.JOB)
     if log_ is not None:
         if spec is not None:
-            ids = [int(r[0]) for r in spec["dataset"]["images"]]
+            ids = _image_ids(spec["dataset"]["images"])
             try:
                 jobdir.write_latencies_csv(job_dir, ids, log_)
             except jobdir.JobDirError as exc:
@@ -623,7 +633,7 @@ def _number(value: str | None) -> float | None:
     return number if number is not None and math.isfinite(number) else None
 
 
-def _log_samples(tracker: Any, job_dir: Path, logged: Mapping[str, float]) -> None:
+def _log_samples(tracker: Tracker, job_dir: Path, logged: Mapping[str, float]) -> None:
     """Each numeric sampled quantity per device as an MLflow time series (at most 1000 points);
     a series already logged (a second publish) is not logged again."""
     meta = jobdir.read_json_if(job_dir / jobdir.TELEMETRY)

@@ -22,9 +22,9 @@ from runner import backends, config
 
 log = logging.getLogger(__name__)
 
-#: config keys outside the precision that do not change what is compared (as job.NOT_IDENTITY)
-NOT_COMPARED = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
-                "cache_dir", "precision")
+#: config keys that do not change what is compared: those that change no measurement
+#: (config.NOT_MEASURED) and the precision, which is what a comparison varies
+NOT_COMPARED = (*config.NOT_MEASURED, "precision")
 METRICS = ("bbox.AP", "bbox.AP50", "bbox.AP75")
 TAG_KEY, TAG_REFERENCE, TAG_RUN = "detbench.comparable", "detbench.reference", \
     "detbench.reference_run"

@@ -3,7 +3,8 @@ model call's materialized outputs into :class:`~runner.detections.Detections` (b
 [ymin, xmin, ymax, xmax] relative to the *original* image, COCO category ids, scores, optional
 keypoints and masks).
 
-- ``zoo``, ``zoo_keypoints``, ``zoo_masks``: the exporter_lib_v2 contract (shared/reference/zoo.md).
+- ``zoo``, ``zoo_keypoints``, ``zoo_masks``: the exporter_lib_v2 contract
+  (``../shared/reference/zoo.md``, beside the checkout).
 - ``centernet_tflite``: the two CenterNet MobileNetV2 archives, whose signature returns generic
   ``output_N`` keys in the reversed order of (boxes, classes, scores, num_detections[, keypoints,
   keypoint_scores]) with 0-based classes. Tensors are matched by shape where that is unambiguous.

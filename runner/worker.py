@@ -63,7 +63,7 @@ class JobSpec:
 
 def dataset_dict(ds: data.Dataset) -> dict[str, Any]:
     return {"name": ds.name, "display_name": ds.display_name, "annotations": str(ds.annotations),
-            "images": [(r.image_id, str(r.path), r.width, r.height) for r in ds.images]}
+            "images": [r.to_json() for r in ds.images]}
 
 
 class Results:
@@ -109,8 +109,9 @@ def seed_order(dataset: data.Dataset) -> data.Dataset:
                         dataset.keypoint_annotations, dataset.unscored)
 
 
-def _records(rows: Sequence[Sequence[Any]]) -> list[data.ImageRecord]:
-    return [data.ImageRecord(int(r[0]), Path(r[1]), int(r[2]), int(r[3])) for r in rows]
+def _records(rows: Sequence[Any]) -> list[data.ImageRecord]:
+    """``ImageRecord``s from their JSON form (``ImageRecord.to_json``)."""
+    return [data.ImageRecord.from_json(r) for r in rows]
 
 
 def _backend(cfg: JobConfig, spec: JobSpec, dataset: data.Dataset,
@@ -145,13 +146,19 @@ def _adapter(cfg: JobConfig) -> Any:
     return signatures.from_config(cfg.model)
 
 
-def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
-            job_dir: Path) -> dict[str, Any]:
-    """Load, prepare, warm up and time with the sampler running; returns what evaluate needs."""
-    from tqdm import tqdm
+@dataclass
+class Measured:
+    """What the timed part hands the scoring step (``time_model`` -> ``score``)."""
 
-    from runner import environment
-    from runner.measure import time_calls, warm_up
+    latencies: np.ndarray  # seconds, repeats x images (the latency log's rows)
+    results: Results  # the COCO results of the first pass's outputs
+    timings: dict[str, float]  # seconds per stage: load_s, prepare_s, warmup_s
+    telemetry: dict[str, float]  # the sampler's summary, the backend's and the output checks'
+
+
+def time_model(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, job_dir: Path) -> Measured:
+    """Load, prepare, warm up and time with the sampler running. The latency log, latencies.csv
+    and the telemetry files are written whatever ends it."""
     from runner.telemetry import Sampler
 
     plugin = backends.get(cfg.precision.backend)
@@ -161,90 +168,128 @@ def measure(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset,
     timings: dict[str, float] = {"prepare_s": 0.0}
     # every latency lands in the memory-mapped log as it is measured (kept whatever ends this)
     log = jobdir.create_latency_log(job_dir, bench.repeats, len(dataset.images))
-    offset = 0
     # the sampler's rows stream to the job directory as they are taken (kept whatever ends this)
     sampler = Sampler(interval_s=bench.sample_interval_s, enabled=bench.telemetry,
                       rows_path=job_dir / jobdir.TELEMETRY_ROWS)
     sampler.start()
     wall_start = sampler.wall_start
     try:
-        env = {**environment.collect(sampler.gpus, extra=plugin.environment(
-                   spec.extra.get("backend_available", {}))),
-               "telemetry.backend": sampler.backend,
-               "telemetry.gpu_found": str(sampler.gpu_found).lower(),
-               "telemetry.reason": sampler.reason or "",
-               "telemetry.sampler": sampler.mode or "off",
-               "detbench.timing_method": SEED_METHOD if seed else NATIVE_METHOD}
-        jobdir.write_json(job_dir / jobdir.ENVIRONMENT, env)
+        _write_environment(sampler, seed, job_dir, plugin.environment(
+            spec.extra.get("backend_available", {})))
         sampler.mark_phase("load")
         start = time.perf_counter()
         backend = _backend(cfg, spec, dataset, sampler.gpus)
         timings["load_s"] = time.perf_counter() - start
         from runner import checks
 
-        adapt = checks.OutputGuard.for_job(  # output sanity checks: before and after timing
+        guard = checks.OutputGuard.for_job(  # output sanity checks: before and after timing
             _adapter(cfg), dataset.annotations,
             [r.image_id for r in dataset.images[:checks.FIRST_CALLS]], cfg.model.output_checks)
-        inputs = _input_spec(cfg, backend)
         results = Results(truncate_boxes=seed)
-        latencies: list[np.ndarray] = []
-        bar: Any = None
-        for index, chunk in enumerate(data.chunked(dataset.images, bench.chunk_size)):
-            sampler.mark_phase("prepare")
-            start = time.perf_counter()
-            prepared = _in_format(backend, data.prepare(chunk, spec=inputs))
-            tensors = [p.tensor for p in prepared]
-            timings["prepare_s"] += time.perf_counter() - start
-            if index == 0:
-                backend.check_executed(tensors[0])  # what ran, e.g. that AMP fired
-                jobdir.write_json(job_dir / jobdir.BACKEND, backend.describe())
-                first = chunk[:checks.FIRST_CALLS]
-
-                def reprepare(spec: data.InputSpec,
-                              first: Sequence[data.ImageRecord] = first) -> Any:
-                    return _in_format(backend, data.prepare(first, spec=spec, progress=False))
-
-                adapt.before_timing(backend.predict, prepared[:checks.FIRST_CALLS], reprepare,
-                                    inputs)
-                sampler.mark_phase("warmup")
-                start = time.perf_counter()
-                # the seed policy's warm-up is its first 50 timed calls, dropped afterwards
-                warm_up(backend.predict, tensors, 0 if seed else bench.warmup)
-                timings["warmup_s"] = time.perf_counter() - start
-                bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr,
-                           disable=None)  # None: drawn on a terminal only, not into logs
-            sampler.mark_phase("timed")
-
-            sizes = [p.frame for p in prepared]
-
-            def on_output(i: int, outputs: Mapping[str, np.ndarray],
-                          chunk: Sequence[data.ImageRecord] = chunk,
-                          sizes: Sequence[Any] = sizes) -> None:
-                results.add(chunk[i], adapt(outputs, sizes[i]))
-
-            end = offset + len(tensors)
-            # outputs are handled after the chunk's last timed call (nothing in between)
-            passes = [time_calls(backend.predict, tensors, on_output, progress=bar.update,
-                                 defer_outputs=True, out=log[0, offset:end])]
-            passes += [time_calls(backend.predict, tensors, out=log[r, offset:end])
-                       for r in range(1, bench.repeats)]
-            sampler.mark_phase("record")
-            latencies.append(np.stack(passes))
-            offset = end
-            del tensors, prepared, on_output
-        if bar is not None:
-            bar.close()
-        adapt.after_timing(job_dir)  # every call's outputs, judged after the last timed call
+        latencies = _timed_passes(cfg, dataset, backend, guard, results, sampler, log, timings,
+                                  job_dir)
+        guard.after_timing(job_dir)  # every call's outputs, judged after the last timed call
         sampler.mark_phase("done")
     finally:
         sampler.stop()
         jobdir.write_latencies_csv(job_dir, [r.image_id for r in dataset.images], log)
         write_telemetry(sampler, job_dir, wall_start)
     backend_metrics = backend.metrics()
-    return {"latencies": np.concatenate(latencies, axis=1), "results": results,
-            "timings": timings,
-            "telemetry": {**sampler.summary("timed", num_images=len(dataset.images)),
-                          **backend_metrics, **adapt.metrics()}}
+    return Measured(latencies, results, timings,
+                    {**sampler.summary("timed", num_images=len(dataset.images)),
+                     **backend_metrics, **guard.metrics()})
+
+
+def _write_environment(sampler: Any, seed: bool, job_dir: Path,
+                       backend_env: Mapping[str, str]) -> None:
+    """``environment.json``: the machine, the backend's packages, what telemetry found and the
+    timing method (tags)."""
+    from runner import environment
+
+    env = {**environment.collect(sampler.gpus, extra=backend_env),
+           "telemetry.backend": sampler.backend,
+           "telemetry.gpu_found": str(sampler.gpu_found).lower(),
+           "telemetry.reason": sampler.reason or "",
+           "telemetry.sampler": sampler.mode or "off",
+           "detbench.timing_method": SEED_METHOD if seed else NATIVE_METHOD}
+    jobdir.write_json(job_dir / jobdir.ENVIRONMENT, env)
+
+
+def _timed_passes(cfg: JobConfig, dataset: data.Dataset, backend: Backend, guard: Any,
+                  results: Results, sampler: Any, log: np.ndarray, timings: dict[str, float],
+                  job_dir: Path) -> np.ndarray:
+    """Chunk by chunk: prepare (untimed), then ``benchmark.repeats`` timed passes, each latency
+    into ``log`` as it is measured; the first pass's outputs become ``results`` after the chunk's
+    last timed call. Before the first chunk is timed: what ran, the outputs and the warm-up
+    (``_before_timing``). Returns the latencies, repeats x images."""
+    from tqdm import tqdm
+
+    from runner.measure import time_calls
+
+    bench = cfg.benchmark
+    inputs = _input_spec(cfg, backend)
+    latencies: list[np.ndarray] = []
+    bar: Any = None
+    offset = 0
+    for index, chunk in enumerate(data.chunked(dataset.images, bench.chunk_size)):
+        sampler.mark_phase("prepare")
+        start = time.perf_counter()
+        prepared = _in_format(backend, data.prepare(chunk, spec=inputs))
+        tensors = [p.tensor for p in prepared]
+        timings["prepare_s"] += time.perf_counter() - start
+        if index == 0:
+            timings["warmup_s"] = _before_timing(cfg, backend, guard, chunk, prepared, inputs,
+                                                 sampler, job_dir)
+            bar = tqdm(total=len(dataset.images), desc="timed", unit="img", file=sys.stderr,
+                       disable=None)  # None: drawn on a terminal only, not into logs
+        sampler.mark_phase("timed")
+
+        sizes = [p.frame for p in prepared]
+
+        def on_output(i: int, outputs: Mapping[str, np.ndarray],
+                      chunk: Sequence[data.ImageRecord] = chunk,
+                      sizes: Sequence[Any] = sizes) -> None:
+            results.add(chunk[i], guard(outputs, sizes[i]))
+
+        end = offset + len(tensors)
+        # outputs are handled after the chunk's last timed call (nothing in between)
+        passes = [time_calls(backend.predict, tensors, on_output, progress=bar.update,
+                             defer_outputs=True, out=log[0, offset:end])]
+        passes += [time_calls(backend.predict, tensors, out=log[r, offset:end])
+                   for r in range(1, bench.repeats)]
+        sampler.mark_phase("record")
+        latencies.append(np.stack(passes))
+        offset = end
+        del tensors, prepared, on_output
+    if bar is not None:
+        bar.close()
+    return np.concatenate(latencies, axis=1)
+
+
+def _before_timing(cfg: JobConfig, backend: Backend, guard: Any,
+                   chunk: Sequence[data.ImageRecord], prepared: Sequence[data.PreparedImage],
+                   inputs: data.InputSpec, sampler: Any, job_dir: Path) -> float:
+    """On the first chunk, untimed: check what ran (e.g. that AMP fired), write
+    ``backend.json``, check the first calls' outputs, then warm up. Returns the warm-up's
+    seconds."""
+    from runner import checks
+    from runner.measure import warm_up
+
+    tensors = [p.tensor for p in prepared]
+    backend.check_executed(tensors[0])
+    jobdir.write_json(job_dir / jobdir.BACKEND, backend.describe())
+    first = chunk[:checks.FIRST_CALLS]
+
+    def reprepare(spec: data.InputSpec) -> Any:
+        return _in_format(backend, data.prepare(first, spec=spec, progress=False))
+
+    guard.before_timing(backend.predict, prepared[:checks.FIRST_CALLS], reprepare, inputs)
+    sampler.mark_phase("warmup")
+    start = time.perf_counter()
+    # the seed policy's warm-up is its first 50 timed calls, dropped afterwards
+    seed = cfg.benchmark.input_policy == "seed"
+    warm_up(backend.predict, tensors, 0 if seed else cfg.benchmark.warmup)
+    return time.perf_counter() - start
 
 
 #: the public script timed every image and dropped its first 50 timings (its warm-up)
@@ -347,15 +392,17 @@ def timing_metrics(passes: np.ndarray, cfg: JobConfig, telemetry: Mapping[str, f
     return out
 
 
-def evaluate(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, measured: Mapping[str, Any],
-             job_dir: Path) -> dict[str, float]:
+def score(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, measured: Measured,
+          job_dir: Path) -> dict[str, float]:
+    """The run's metrics: timing statistics, COCO box (and mask, keypoint) metrics, telemetry and
+    stage times; writes detections.json (+ masks.json, keypoints.json)."""
     from runner import evaluate_extra
     from runner.evaluate import evaluate_bbox
 
     ids = [r.image_id for r in dataset.images]
-    results: Results = measured["results"]
+    results = measured.results
     results.boxes.write_json(job_dir / jobdir.DETECTIONS)
-    timing = timing_metrics(measured["latencies"], cfg, measured["telemetry"], job_dir)
+    timing = timing_metrics(measured.latencies, cfg, measured.telemetry, job_dir)
     start = time.perf_counter()
     metrics = {f"bbox.{k}": v for k, v in evaluate_bbox(dataset.annotations, results.boxes,
                                                           ids).items()}
@@ -372,8 +419,8 @@ def evaluate(spec: JobSpec, cfg: JobConfig, dataset: data.Dataset, measured: Map
         else:
             add_tags(job_dir, {"keypoints.no_metrics": NO_KEYPOINT_ANNOTATIONS})
             print(f"WARNING: no keypoint metrics: {NO_KEYPOINT_ANNOTATIONS}", file=sys.stderr)
-    timings = {**measured["timings"], "evaluate_s": time.perf_counter() - start}
-    return {**timing, **metrics, **measured["telemetry"],
+    timings = {**measured.timings, "evaluate_s": time.perf_counter() - start}
+    return {**timing, **metrics, **measured.telemetry,
             **{f"time.{k}": v for k, v in timings.items()},
             "detections": float(len(results.boxes))}
 
@@ -385,8 +432,8 @@ def execute(job_dir: Path) -> dict[str, float]:
     if cfg.benchmark.input_policy == "seed":
         timed_latencies(np.zeros((1, len(dataset.images))), cfg)  # refuse N <= 50 before timing
         dataset = seed_order(dataset)
-    measured = measure(spec, cfg, dataset, job_dir)
-    metrics = evaluate(spec, cfg, dataset, measured, job_dir)
+    measured = time_model(spec, cfg, dataset, job_dir)
+    metrics = score(spec, cfg, dataset, measured, job_dir)
     jobdir.write_json(job_dir / jobdir.METRICS, metrics)
     return metrics
 

@@ -179,3 +179,13 @@ def test_bad_datasets_are_configuration_errors_before_any_run(tmp_path: Path) ->
     assert f"annotations file {cfg.annotations!r}: duplicate image ids 4 (" in proc.stderr
     assert "Traceback" not in proc.stderr and _no_run(tmp_path)
     assert not (tmp_path / "r" / "environment.json").exists()  # the worker never started
+
+
+def test_image_record_json_round_trip_and_legacy_rows() -> None:
+    record = data.ImageRecord(139, Path("/d/000000000139.jpg"), 640, 426)
+    as_json = json.loads(json.dumps(record.to_json()))  # as job.json holds it
+    assert as_json == {"image_id": 139, "path": "/d/000000000139.jpg", "width": 640,
+                       "height": 426}
+    assert data.ImageRecord.from_json(as_json) == record
+    # a job directory written before records had names (runner.sync may publish it late)
+    assert data.ImageRecord.from_json([139, "/d/000000000139.jpg", 640, 426]) == record

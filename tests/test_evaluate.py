@@ -18,7 +18,6 @@ from runner.evaluate import (
     ResultsAccumulator,
     evaluate_bbox,
     load_ground_truth,
-    to_coco_results,
 )
 
 # ---------------------------------------------------------------- helpers
@@ -81,6 +80,13 @@ ONE_GT = _gt([(1, 200, 200)], [_ann(1, 1, 1, 20, 20, 100, 100)])
 PERFECT = [0.1, 0.1, 0.6, 0.6]  # normalized ymin, xmin, ymax, xmax
 
 
+def _results(image_id: int, width: int, height: int, det: Detections) -> list[dict[str, Any]]:
+    """COCO results of one image, through the path the job uses (``ResultsAccumulator``)."""
+    acc = ResultsAccumulator()
+    acc.add(image_id, width, height, det)
+    return acc.to_json_list()
+
+
 def _single(det: Detections, gt: dict[str, Any] = ONE_GT) -> dict[str, float]:
     acc = ResultsAccumulator()
     acc.add(1, 200, 200, det)
@@ -90,9 +96,9 @@ def _single(det: Detections, gt: dict[str, Any] = ONE_GT) -> dict[str, float]:
 # ---------------------------------------------------------------- conversion
 
 
-def test_to_coco_results_hand_computed_floats_no_truncation() -> None:
+def test_results_hand_computed_floats_no_truncation() -> None:
     det = _det([[0.375, 0.125, 0.625, 0.875]], [18], [0.5])
-    (r,) = to_coco_results(42, 333, 101, det)
+    (r,) = _results(42, 333, 101, det)
     # x = 0.125*333, y = 0.375*101, w = (0.875-0.125)*333, h = (0.625-0.375)*101 (all exact)
     assert r == {
         "image_id": 42,
@@ -106,27 +112,27 @@ def test_to_coco_results_hand_computed_floats_no_truncation() -> None:
     )
 
 
-def test_to_coco_results_float32_inputs_computed_in_float64() -> None:
-    (r,) = to_coco_results(1, 640, 480, _det([[0.1, 0.2, 0.3, 0.7]], [1], [0.9]))
+def test_results_float32_inputs_computed_in_float64() -> None:
+    (r,) = _results(1, 640, 480, _det([[0.1, 0.2, 0.3, 0.7]], [1], [0.9]))
     f = [float(np.float32(v)) for v in (0.1, 0.2, 0.3, 0.7)]
     assert r["bbox"] == [f[1] * 640, f[0] * 480, (f[3] - f[1]) * 640, (f[2] - f[0]) * 480]
     assert r["score"] == float(np.float32(0.9))
 
 
-def test_to_coco_results_clips_to_image() -> None:
+def test_results_clips_to_image() -> None:
     det = _det([[-0.1, 0.5, 0.5, 1.2], [0.75, -0.5, 1.5, -0.125]], [3, 4], [0.7, 0.6])
-    r = to_coco_results(5, 200, 100, det)
+    r = _results(5, 200, 100, det)
     assert r[0]["bbox"] == [100.0, 0.0, 100.0, 50.0]
     assert r[1]["bbox"] == [0.0, 75.0, 0.0, 25.0]  # entirely left of the image: zero width
 
 
-def test_to_coco_results_empty() -> None:
-    assert to_coco_results(1, 10, 10, _det([], [], [])) == []
+def test_results_empty() -> None:
+    assert _results(1, 10, 10, _det([], [], [])) == []
 
 
-def test_to_coco_results_rejects_non_finite() -> None:
+def test_results_rejects_non_finite() -> None:
     with pytest.raises(ValueError, match="non-finite"):
-        to_coco_results(1, 10, 10, _det([[0, 0, np.nan, 1]], [1], [0.5]))
+        _results(1, 10, 10, _det([[0, 0, np.nan, 1]], [1], [0.5]))
 
 
 def test_accumulator_array_and_json_agree() -> None:
@@ -146,12 +152,13 @@ def test_accumulator_array_and_json_agree() -> None:
             [2, 5, 10, 10, 20, 0.5, 7],
         ],
     )
-    assert acc.to_json_list() == (
-        to_coco_results(
-            3, 100, 50, _det([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]], [1, 2], [0.9, 0.1])
-        )
-        + to_coco_results(2, 20, 40, _det([[0.25, 0.25, 0.75, 0.75]], [7], [0.5]))
-    )
+    assert acc.to_json_list() == [
+        {"image_id": 3, "category_id": 1, "bbox": [0.0, 0.0, 50.0, 25.0],
+         "score": float(np.float32(0.9))},
+        {"image_id": 3, "category_id": 2, "bbox": [50.0, 25.0, 50.0, 25.0],
+         "score": float(np.float32(0.1))},
+        {"image_id": 2, "category_id": 7, "bbox": [5.0, 10.0, 10.0, 20.0], "score": 0.5},
+    ]
     json.dumps(acc.to_json_list())  # serializable
 
 
@@ -341,7 +348,7 @@ def test_ground_truth_from_file_is_reusable(tmp_path: Path) -> None:
 
 def test_inputs_are_not_mutated() -> None:
     gt = copy.deepcopy(ONE_GT)
-    results = to_coco_results(1, 200, 200, _det([PERFECT], [1], [0.9]))
+    results = _results(1, 200, 200, _det([PERFECT], [1], [0.9]))
     before_gt, before_res = copy.deepcopy(gt), copy.deepcopy(results)
     evaluate_bbox(gt, results, [1])
     assert gt == before_gt and results == before_res
@@ -351,7 +358,7 @@ def test_unknown_image_ids_raise() -> None:
     with pytest.raises(ValueError, match=r"image_ids .*\[9\]"):
         evaluate_bbox(ONE_GT, [], [1, 9])
     with pytest.raises(ValueError, match=r"results .*\[8\]"):
-        evaluate_bbox(ONE_GT, to_coco_results(8, 10, 10, _det([PERFECT], [1], [0.5])), [1])
+        evaluate_bbox(ONE_GT, _results(8, 10, 10, _det([PERFECT], [1], [0.5])), [1])
     with pytest.raises(ValueError, match="empty"):
         evaluate_bbox(ONE_GT, [], [])
 

@@ -130,10 +130,14 @@ def test_int8_calibration_draws_unscored_images_without_a_second_load(
     monkeypatch.setattr(data, "load_dataset", counted)
     rows, dataset = _int8(tmp_path, "dataset.calibration_split=null")
     scored = {r.image_id for r in dataset.images}
-    assert len(rows) == 8 and not scored & {row[0] for row in rows}
-    assert {row[0] for row in rows} <= {r.image_id for r in dataset.unscored}
+    chosen = {row["image_id"] for row in rows}
+    assert len(rows) == 8 and not scored & chosen
+    assert chosen <= {r.image_id for r in dataset.unscored}
     assert loads == ["val"]  # the job's own load only
-    assert json.loads((tmp_path / "calibration.json").read_text())["count"] == 8
+    written = json.loads((tmp_path / "calibration.json").read_text())
+    assert written["count"] == 8 and written["images"] == rows
+    assert [data.ImageRecord.from_json(row) for row in rows] == sorted(
+        (r for r in dataset.unscored if r.image_id in chosen), key=lambda r: r.image_id)
 
 
 def test_int8_calibration_names_a_missing_image_file(tmp_path: Path) -> None:

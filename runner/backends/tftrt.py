@@ -3,7 +3,7 @@ the job's input shape, save, reload and time the converted serving signature (Na
 
 Only TensorFlow builds with TensorRT can run this (NVIDIA's container; pip TensorFlow has none
 since 2.18): elsewhere ``check_available`` raises at once with how to get one. The conversion
-sequence follows shared/reference/zoo.md; converted models are cached (``cache``).
+sequence follows ../shared/reference/zoo.md; converted models are cached (``cache``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The demo detector: a small CenterNet-style network with in-graph preprocessing, decoding and NMS,
-exported with the TF2 Detection Model Zoo's serving contract (see ``shared/reference/zoo.md``)."""
+exported with the TF2 Detection Model Zoo's serving contract (see ``../shared/reference/zoo.md``,
+beside the checkout)."""
 
 from __future__ import annotations
 

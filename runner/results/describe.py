@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from runner import config
 from runner.results import table
 
 #: Set by the sweep's parent callback for its jobs: the override keys the sweep varies.
@@ -15,9 +16,8 @@ SWEPT_ENV = "DETBENCH_SWEPT_KEYS"
 VARIANT_TAG = "detbench.variant"
 #: Already in every run name (model@resolution/precision) and table row.
 NAMED_ELSEWHERE = ("model", "resolution", "precision")
-#: Settings that do not change what a job measures (job.NOT_IDENTITY) and Hydra's own.
-NOT_MEASURED = ("tracking", "benchmark.rerun", "benchmark.timeout_s", "benchmark.isolate",
-                "cache_dir", "hydra")
+#: Settings that do not change what a job measures (config.NOT_MEASURED) and Hydra's own.
+NOT_MEASURED = (*config.NOT_MEASURED, "hydra")
 
 
 def _key(override: str) -> str:

@@ -1,4 +1,4 @@
-"""The public table's columns (shared/reference/seed_table.md) and how a run fills them."""
+"""The public table's columns (../shared/reference/seed_table.md) and how a run fills them."""
 
 from __future__ import annotations
 
