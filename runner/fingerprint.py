@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_FILE = "fingerprints.json"
-CHUNK_BYTES = 1 << 20
 #: tags a job's run carries (one per part) so that a later rerun can say what changed
 TAGS = {"config": "detbench.config_identity", "model": "detbench.model_digest",
         "dataset": "detbench.dataset_digest", "env": "detbench.env_key"}
@@ -91,6 +90,8 @@ class _Cache:
         hit = self.entries.get(key)
         if isinstance(hit, list) and hit[:2] == [st.st_size, st.st_mtime_ns]:
             return str(hit[2])
+        from runner.acquire import sha256  # the one file hasher (downloads use it too)
+
         digest = sha256(path)
         self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
         self.dirty = True
@@ -112,14 +113,6 @@ class _Cache:
                 os.replace(tmp, self.path)
         except OSError as exc:  # a read-only or full cache only costs the next run a re-hash
             log.warning("could not save the fingerprint cache %s: %s", self.path, exc)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _files(root: Path) -> Iterator[Path]:
