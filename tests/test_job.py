@@ -154,3 +154,24 @@ def test_int8_calibration_names_a_missing_image_file(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match=r"8 calibration image file\(s\) are missing, "
                                                  r"e\.g\. '.*/gone/"):
         job._calibration(cfg, replace(dataset, unscored=gone), tmp_path)
+
+
+@pytest.mark.parametrize("policy, dropped", [("native", 0), ("seed", 50)])
+def test_partial_statistics_follow_the_input_policy(tmp_path: Path, policy: str,
+                                                    dropped: int) -> None:
+    """A job that did not finish gets ``partial.*`` over the latencies its log holds; under the
+    ``seed`` policy without the first 50 timings of each pass, as the finished statistics."""
+    from runner import job, jobdir
+    from runner.worker import SEED_DROPPED_TIMINGS
+
+    assert dropped in (0, SEED_DROPPED_TIMINGS)
+    log = jobdir.create_latency_log(tmp_path, 2, 100)
+    log[0, :80] = 0.010  # the first pass measured 80 of 100 images, the second 60
+    log[1, :60] = 0.020
+    log[:, :SEED_DROPPED_TIMINGS] = 1.0  # slow first calls: left out under the seed policy only
+    images = [{"image_id": i, "path": f"{i}.jpg", "width": 4, "height": 4} for i in range(100)]
+    jobdir.write_json(tmp_path / jobdir.JOB, {"cfg": {"benchmark": {"input_policy": policy}},
+                                              "dataset": {"images": images}})
+    partial = job._partial_metrics(tmp_path)
+    assert partial["partial.count"] == 140 - 2 * dropped
+    assert partial["partial.latency_max_ms"] == pytest.approx(20.0 if dropped else 1000.0)
