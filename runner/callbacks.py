@@ -74,6 +74,11 @@ class SweepParentRun(Callback):
         self._report_dir: Path | None = None
         self._heartbeat: Any = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        """The submitit launchers pickle the callbacks with every job: the parent run's heartbeat
+        (a thread and its lock) stays in the sweep's own process, which owns the run."""
+        return {**self.__dict__, "_heartbeat": None}
+
     # -- hydra hooks ------------------------------------------------------------------------
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:

@@ -80,7 +80,8 @@ def test_slurm_sweep_submits_one_gpu_per_job(tmp_path: Path, mlflow_server: str)
     lines = script.read_text().splitlines()
     for expected in ("#SBATCH --gpus-per-node=1", "#SBATCH --ntasks-per-node=1",
                      "#SBATCH --nodes=1", "#SBATCH --partition=gpu", "#SBATCH --cpus-per-task=8",
-                     "#SBATCH --mem=64GB", "#SBATCH --array=0-1%1", "#SBATCH --time=120",
+                     "#SBATCH --mem=64GB", "#SBATCH --array=0-1%1", "#SBATCH --time=180",
+                     "#SBATCH --signal=USR2@300",
                      "#SBATCH --job-name=detbench",
                      f"#SBATCH --export=ALL,MLFLOW_TRACKING_URI={mlflow_server}",
                      "module load cuda/12.8"):
