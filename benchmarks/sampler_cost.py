@@ -144,8 +144,13 @@ def measure_model(report: common.Report, label: str, model_dir: Path, inputs: Se
                       f"({where}{taken} samples taken in the timed blocks / ~{expected:.0f} "
                       f"expected, load average {os.getloadavg()[0]:.2f} now)")
         if checked:
-            report.check(f"{label}.sampled_{name}", taken > 0,
-                         f"{taken} samples taken in the timed blocks")
+            # only the settings detbench ships must sample; the comparison settings (normal
+            # priority, SCHED_IDLE, a thread) may starve under the CPU hogs: that is what they
+            # show, so their coverage is a figure, not a check (SCHED_IDLE took 0 samples in a
+            # quick run beside the test suite)
+            if SETTINGS[name][2] == "realtime" and SETTINGS[name][1]:
+                report.check(f"{label}.sampled_{name}", taken > 0,
+                             f"{taken} samples taken in the timed blocks")
             if name in COVERAGE_TARGETS:
                 target = COVERAGE_TARGETS[name]
                 report.target(f"{label}.coverage_target_{name}", coverage >= target,
