@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.entities import Run
 from omegaconf import DictConfig
 
 from runner import config
@@ -45,3 +46,15 @@ def check_png(path: Path, size: tuple[int, int]) -> None:
         assert image.size == size
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 16, f"{path.name} looks blank"
+
+
+def runs_by_precision(uri: str) -> dict[str, Run]:
+    """The job runs of a store's ``detbench`` experiment, by ``precision`` choice (sweep parent
+    runs carry no such tag)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("detbench")
+    assert exp is not None
+    return {r.data.tags["detbench.precision"]: r for r in client.search_runs([exp.experiment_id])
+            if "detbench.precision" in r.data.tags}

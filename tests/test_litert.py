@@ -9,15 +9,13 @@ import subprocess
 import sys
 from importlib import util
 from pathlib import Path
-from typing import Any
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from runner import config
 from runner.backends import UnsupportedPrecision, litert
 from runner.config import ConfigError
-from tests.conftest import DEMO_MODEL, compose_job
+from tests.conftest import DEMO_MODEL, compose_job, runs_by_precision
 
 #: |AP(LiteRT) - AP(Native FP32)| allowed, in AP points (x100) on the same 30 images: FP32 is
 #: the same arithmetic (measured 0.01); float16 weights and int8 quantization move boxes
@@ -37,14 +35,6 @@ def lite_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _runs(uri: str) -> dict[str, Any]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("detbench")
-    assert exp is not None
-    return {r.data.tags["detbench.precision"]: r for r in client.search_runs([exp.experiment_id])
-            if "detbench.precision" in r.data.tags}
-
-
 @pytest.mark.timeout(1200)  # four conversions of ~20 s each on 2 shared cores, five jobs
 def test_every_litert_mode_converts_times_and_keeps_ap(tmp_path: Path, lite_model: Path,
                                                         cache_dir: Path) -> None:
@@ -59,7 +49,7 @@ def test_every_litert_mode_converts_times_and_keeps_ap(tmp_path: Path, lite_mode
     proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
                           capture_output=True, text=True, timeout=1100)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    runs = _runs(uri)
+    runs = runs_by_precision(uri)
     native = runs["fp32"]
     ap32 = native.data.metrics["bbox.AP"]
     assert native.data.tags["detbench.reference"] == "true"

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from runner import config
 from runner.config import ConfigError
-from tests.conftest import compose_job
+from tests.conftest import compose_job, runs_by_precision
 
 #: |AP(ONNX Runtime FP32) - AP(Native FP32)| allowed, AP points x100, same images and inputs:
 #: the same float32 model (outputs measured equal to 4e-7); ties in NMS may reorder a box
@@ -50,11 +49,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
                           capture_output=True, text=True, timeout=1150)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("detbench")
-    assert exp is not None
-    runs = {r.data.tags["detbench.precision"]: r for r in client.search_runs([exp.experiment_id])
-            if "detbench.precision" in r.data.tags}
+    runs = runs_by_precision(uri)
     return Sweep(runs, uri, proc.stdout)
 
 

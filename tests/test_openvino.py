@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from runner.backends import UnsupportedPrecision
-from tests.conftest import DEMO_MODEL
+from tests.conftest import DEMO_MODEL, runs_by_precision
 
 pytest.importorskip("openvino")
 
@@ -42,11 +41,7 @@ def test_openvino_converts_times_and_keeps_ap(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": uri},
                           capture_output=True, text=True, timeout=850)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("detbench")
-    assert exp is not None
-    runs = {r.data.tags["detbench.precision"]: r for r in client.search_runs([exp.experiment_id])
-            if "detbench.precision" in r.data.tags}
+    runs = runs_by_precision(uri)
     ov, native = runs["openvino_fp32"], runs["fp32"]
     tags, metrics = ov.data.tags, ov.data.metrics
     assert ov.info.status == "FINISHED", tags.get("error")

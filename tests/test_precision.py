@@ -9,13 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from runner import calibration
 from runner.backends import tftrt
 from runner.backends.trt_cache import ConversionCache, cache_key
 from runner.config import ConfigError, TrtConfig
 from runner.data import ImageRecord
+from tests.conftest import runs_by_precision
 
 BF16_AP_TOLERANCE = 0.03  # absolute box AP, bf16 against fp32 on the same images
 
@@ -28,14 +28,6 @@ def _sweep(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess
     return proc, uri
 
 
-def _runs_by_precision(uri: str) -> dict[str, object]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("detbench")
-    assert exp is not None
-    return {r.data.tags["detbench.precision"]: r for r in client.search_runs([exp.experiment_id])
-            if "detbench.precision" in r.data.tags}
-
-
 def _cpu_has_bf16() -> bool:
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     return "avx512f" in text or "amx_bf16" in text
@@ -46,13 +38,13 @@ def test_amp_bf16_runs_records_bf16_and_keeps_ap(tmp_path: Path) -> None:
     proc, uri = _sweep(tmp_path, "precision=fp32,amp_bf16", "dataset.num_images=60",
                        "benchmark.warmup=3", "benchmark.telemetry=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = _runs_by_precision(uri)
+    runs = runs_by_precision(uri)
     fp32, bf16 = runs["fp32"], runs["amp_bf16"]
-    assert bf16.info.status == "FINISHED"  # type: ignore[attr-defined]
-    assert int(bf16.data.tags["backend.bfloat16_nodes"]) > 0  # type: ignore[attr-defined]
-    assert int(fp32.data.tags["backend.bfloat16_nodes"]) == 0  # type: ignore[attr-defined]
-    ap32 = fp32.data.metrics["bbox.AP"]  # type: ignore[attr-defined]
-    ap16 = bf16.data.metrics["bbox.AP"]  # type: ignore[attr-defined]
+    assert bf16.info.status == "FINISHED"
+    assert int(bf16.data.tags["backend.bfloat16_nodes"]) > 0
+    assert int(fp32.data.tags["backend.bfloat16_nodes"]) == 0
+    ap32 = fp32.data.metrics["bbox.AP"]
+    ap16 = bf16.data.metrics["bbox.AP"]
     assert abs(ap16 - ap32) <= BF16_AP_TOLERANCE, (ap32, ap16)
 
 
@@ -62,9 +54,9 @@ def test_tftrt_here_is_skipped_with_its_reason_and_the_sweep_goes_on(tmp_path: P
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 finished, 1 skipped" in proc.stdout and "not built with TensorRT" in proc.stdout
     assert "make docker-bench" in proc.stdout  # the backend's own message: where to run it
-    runs = _runs_by_precision(uri)
+    runs = runs_by_precision(uri)
     assert set(runs) == {"fp32"}  # no run for the skipped precision
-    assert runs["fp32"].info.status == "FINISHED"  # type: ignore[attr-defined]
+    assert runs["fp32"].info.status == "FINISHED"
 
 
 def test_check_available_names_the_fix() -> None:
