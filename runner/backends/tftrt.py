@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.backends import BuildContext, CalibrationNeed, Plugin
+from runner.backends import CALIBRATION_SOURCES, BuildContext, CalibrationNeed, Plugin
 from runner.backends.cache import CacheResult, ConversionCache, source_hash
 from runner.backends.native import NativeBackend, UnsupportedPrecision
 
 TRT_MODES = ("FP32", "FP16", "INT8")
-CALIBRATION_SOURCES = ("disjoint", "seed")
 
 
 @dataclass
