@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: each script measures for real (jobs, conversions, hogs): the slow lane (make test-slow)
+pytestmark = pytest.mark.slow
 
 #: script -> the invariant checks it must report as passed
 CHECKS: dict[str, tuple[str, ...]] = {

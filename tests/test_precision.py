@@ -34,6 +34,7 @@ def _cpu_has_bf16() -> bool:
 
 
 @pytest.mark.skipif(not _cpu_has_bf16(), reason="oneDNN bf16 needs AVX-512 or AMX")
+@pytest.mark.slow  # two 60-image jobs
 def test_amp_bf16_runs_records_bf16_and_keeps_ap(tmp_path: Path) -> None:
     proc, uri = _sweep(tmp_path, "precision=fp32,amp_bf16", "dataset.num_images=60",
                        "benchmark.warmup=3", "benchmark.telemetry=false")

@@ -80,6 +80,7 @@ def _person_dataset(root: Path) -> tuple[Path, Path, Path]:
     return root / "img", root / "instances.json", root / "keypoints.json"
 
 
+@pytest.mark.slow
 def test_keypoints_masks_and_numbered_outputs_through_the_runner(
         tmp_path: Path, zoo_server: str) -> None:
     images, instances, keypoints = _person_dataset(tmp_path / "data")
