@@ -91,7 +91,7 @@ def prerun_key(telemetry: bool = True, extra: Mapping[str, str] | None = None) -
 def _visible_gpus() -> list[dict[str, Any]]:
     from runner.telemetry import Sampler
 
-    sampler = Sampler(isolate=False)
+    sampler = Sampler(separate_process=False)
     try:
         return list(sampler.gpus)
     finally:

@@ -31,7 +31,7 @@ CHECKS: dict[str, tuple[str, ...]] = {
 TARGETS: dict[str, tuple[str, ...]] = {
     "harness_overhead": ("demo.latency_ratio", "tiny.latency_ratio",
                          "tiny.deferred_latency_ratio"),
-    "sampler_cost": ("demo.cost_50ms", "demo.coverage_target_50ms", "demo.coverage_target_10ms"),
+    "sampler_cost": ("demo.cost_default", "demo.coverage_target_50ms", "demo.coverage_target_10ms"),
     "coco_eval": ("speedup",),
     "memory": (),
     "fixed_cost": ("before_ceiling", "after_ceiling"),

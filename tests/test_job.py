@@ -66,7 +66,7 @@ def test_job_end_to_end(tmp_path: Path) -> None:
     assert dataset_input.dataset.name == "Synthetic shapes val (60 images)"
     assert run.data.params["model.name"] == "demo" and run.data.params["choice.precision"] == "fp32"
     tags = run.data.tags
-    assert tags["telemetry.backend"] == "psutil" and tags["env.gpu_count"] == "0"
+    assert tags["telemetry.source"] == "psutil" and tags["env.gpu_count"] == "0"
     assert tags["env.tensorflow"] and tags["mlflow.runName"] == "demo@256x256/fp32"
     client = MlflowClient(uri)
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
