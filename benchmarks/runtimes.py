@@ -51,7 +51,7 @@ RUNTIME_PREFIXES = ("litert_", "onnx_", "openvino_")
 SIZE = (256, 256)
 FP32_AP_TOLERANCE = 0.1  # AP points x100
 QUICK = ("fp32", "litert_fp32", "litert_int8")
-AGREEMENT_TOP = 20  # Native FP32's detections per image taken as the agreement ground truth
+AGREEMENT_TOP = 20  # x images: Native FP32's highest-scored detections taken as ground truth
 FP32_AGREEMENT_TOLERANCE = 1.0  # AP points: float32 conversions agree with Native FP32
 REASON_LINES = 3
 

@@ -120,9 +120,28 @@ def _anchors(grids: list[tuple[int, int]], ratios: tuple[float, ...]) -> np.ndar
     return np.asarray(out, np.float32)
 
 
-def mobilenetv2_ssd(size: int, classes: int, alpha: float = 1.0, seed: int = 0
+def _combined_nms(boxes: tf.Tensor, scores: tf.Tensor) -> dict[str, tf.Tensor]:
+    """TensorFlow's ``CombinedNonMaxSuppression`` (what the TF2 zoo's exports and the shipped
+    demo use; LiteRT has no builtin for it, so a LiteRT conversion must refuse it by name)."""
+    nmsed = tf.image.combined_non_max_suppression(
+        tf.clip_by_value(boxes, 0.0, 1.0)[None, :, None, :], scores[None], MAX_DETECTIONS,
+        MAX_DETECTIONS, iou_threshold=0.6, score_threshold=0.0, clip_boxes=False)
+    return {"detection_boxes": nmsed.nmsed_boxes, "detection_scores": nmsed.nmsed_scores,
+            "detection_classes": nmsed.nmsed_classes + 1.0,
+            "num_detections": tf.cast(nmsed.valid_detections, tf.float32)}
+
+
+NMS = {"builtin": _class_wise_nms, "combined": _combined_nms}
+
+
+def mobilenetv2_ssd(size: int, classes: int, alpha: float = 1.0, seed: int = 0,
+                    nms: str = "builtin"
                     ) -> tuple[tf.keras.Model, Callable[[tf.Tensor], dict[str, tf.Tensor]]]:
-    """SSDLite MobileNetV2 (Keras applications, random weights) and its decoding."""
+    """SSDLite MobileNetV2 (Keras applications, random weights) and its decoding; ``nms``:
+    ``builtin`` (NON_MAX_SUPPRESSION_V5, every runtime has it) or ``combined``
+    (CombinedNonMaxSuppression, as the TF2 zoo exports)."""
+    if nms not in NMS:
+        raise ValueError(f"nms={nms!r} is not valid; choose one of {', '.join(NMS)}")
     tf.keras.utils.set_random_seed(seed)
     layers = tf.keras.layers
     backbone = tf.keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=alpha,
@@ -161,7 +180,7 @@ def mobilenetv2_ssd(size: int, classes: int, alpha: float = 1.0, seed: int = 0
         h = tf.exp(tf.minimum(d[:, 2] / 5.0, 4.0)) * anchors[:, 2]
         w = tf.exp(tf.minimum(d[:, 3] / 5.0, 4.0)) * anchors[:, 3]
         boxes = tf.stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2], axis=-1)
-        return _class_wise_nms(boxes, tf.sigmoid(logits[0]))
+        return NMS[nms](boxes, tf.sigmoid(logits[0]))
 
     return network, serve
 
@@ -247,22 +266,20 @@ def build(name: str, out: Path, size: int | None = None, classes: int = 90,
 def agreement_ground_truth(detections: list[dict[str, Any]], images: list[dict[str, Any]],
                            top: int, num_classes: int) -> dict[str, Any]:
     """A COCO ground truth made of a reference run's detections (COCO results: image_id, bbox
-    xywh in pixels, score, category_id): its ``top`` highest-scored boxes per image, as objects.
-    Scored against it, the reference run itself gets AP 100 (its top boxes rank first), and a
-    conversion that moves boxes, scores or their order loses AP: the fidelity of a random-weight
-    network's conversion, whose AP on real objects is ~0 either way."""
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for det in detections:
-        w, h = det["bbox"][2], det["bbox"][3]
-        if w > 0 and h > 0:
-            by_image.setdefault(int(det["image_id"]), []).append(det)
+    xywh in pixels, score, category_id): its ``top x len(images)`` highest-scored boxes over all
+    images, as objects. Scored against it, the reference run gets AP 100: COCO ranks a class's
+    detections across images, so the cut must be one score for all images (a per-image top 20
+    gave the reference itself AP 58: other images' lower-ranked boxes scored above them). A
+    conversion that moves boxes, scores or their order loses AP: the fidelity of a
+    random-weight network's conversion, whose AP on real objects is ~0 either way."""
+    kept = [d for d in detections if d["bbox"][2] > 0 and d["bbox"][3] > 0]
+    kept = sorted(kept, key=lambda d: -d["score"])[:top * len(images)]
     annotations = []
-    for image_id, dets in sorted(by_image.items()):
-        for det in sorted(dets, key=lambda d: -d["score"])[:top]:
-            x, y, w, h = (float(v) for v in det["bbox"])
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
-                                "category_id": int(det["category_id"]), "bbox": [x, y, w, h],
-                                "area": w * h, "iscrowd": 0})
+    for det in sorted(kept, key=lambda d: (int(d["image_id"]), -d["score"])):
+        x, y, w, h = (float(v) for v in det["bbox"])
+        annotations.append({"id": len(annotations) + 1, "image_id": int(det["image_id"]),
+                            "category_id": int(det["category_id"]), "bbox": [x, y, w, h],
+                            "area": w * h, "iscrowd": 0})
     return {"images": [dict(i) for i in images], "annotations": annotations,
             "categories": [{"id": c, "name": str(c)} for c in range(1, num_classes + 1)]}
 
@@ -275,8 +292,10 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=90)
     parser.add_argument("--alpha", type=float, default=None,
                         help="MobileNetV2 width multiplier (mobilenetv2_ssd only)")
+    parser.add_argument("--nms", choices=sorted(NMS), default=None,
+                        help="mobilenetv2_ssd's NMS: builtin (default) or combined")
     args = parser.parse_args()
-    options = {} if args.alpha is None else {"alpha": args.alpha}
+    options = {k: v for k, v in (("alpha", args.alpha), ("nms", args.nms)) if v is not None}
     built = build(args.name, args.out, args.size, args.classes, **options)
     print(f"{built.path} {built.name} {built.size}x{built.size} {built.classes} classes "
           f"{built.params} parameters")
