@@ -20,7 +20,8 @@ Architectures (``ARCHITECTURES``):
 - ``keras_hub_retinanet``: KerasHub's ``RetinaNetObjectDetector`` on a ResNet-18-shaped
   ``ResNetBackbone`` constructed from its config (no preset download), FPN P3-P5, served with its
   own ``decode_predictions`` (anchor generator, box decoding, KerasHub's NMS layer): the graph a
-  KerasHub user exports. Needs ``pip install keras-hub``.
+  KerasHub user exports. ``keras_hub_retinanet_builtin_nms``: the same network, its anchors and
+  box decoding, NMS on the builtin op instead of KerasHub's layer. Needs ``pip install keras-hub``.
 
 Every export takes ``input_tensor`` uint8 [1, H, W, 3] of any size (squash-resized inside the
 graph to the network's fixed size) and returns ``detection_boxes`` (normalized yxyx),
@@ -36,6 +37,7 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -185,10 +187,17 @@ def mobilenetv2_ssd(size: int, classes: int, alpha: float = 1.0, seed: int = 0,
     return network, serve
 
 
-def keras_hub_retinanet(size: int, classes: int, seed: int = 0
+def keras_hub_retinanet(size: int, classes: int, seed: int = 0, nms: str = "keras_hub"
                         ) -> tuple[Any, Callable[[tf.Tensor], dict[str, tf.Tensor]]]:
-    """KerasHub RetinaNet, ResNet-18-shaped backbone from its config, its own decoder + NMS."""
+    """KerasHub RetinaNet, ResNet-18-shaped backbone from its config; ``nms``: ``keras_hub``
+    (its own ``decode_predictions``: anchors, box decoding, its NMS layer) or ``builtin`` (its
+    anchors and box decoding, then the class-wise NMS on NON_MAX_SUPPRESSION_V5: what a user
+    exports for LiteRT, whose builtins lack the BitwiseAnd of KerasHub's NMS)."""
+    import keras
     import keras_hub
+
+    if nms not in ("keras_hub", "builtin"):
+        raise ValueError(f"nms={nms!r} is not valid; choose one of keras_hub, builtin")
 
     tf.keras.utils.set_random_seed(seed)
     encoder = keras_hub.models.ResNetBackbone(
@@ -214,6 +223,17 @@ def keras_hub_retinanet(size: int, classes: int, seed: int = 0
         layer.kernel.assign(layer.kernel * (spread / max(current, 1e-6)))
         layer.bias.assign(tf.fill(layer.bias.shape, bias))
 
+    def builtin(input_tensor: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.image.resize(tf.cast(input_tensor, tf.float32), (size, size))
+        raw = detector(images / 255.0, training=False)
+        anchors = detector.anchor_generator(images)
+        anchors = tf.concat(list(anchors.values()), axis=0)
+        boxes = keras.utils.bounding_boxes.decode_deltas_to_boxes(
+            anchors=anchors, boxes_delta=raw["bbox_regression"], encoded_format="center_xywh",
+            anchor_format=detector.anchor_generator.bounding_box_format,
+            box_format="yxyx", image_shape=(size, size, 3))
+        return _class_wise_nms(boxes[0] / float(size), tf.sigmoid(raw["cls_logits"][0]))
+
     def serve(input_tensor: tf.Tensor) -> dict[str, tf.Tensor]:
         images = tf.image.resize(tf.cast(input_tensor, tf.float32), (size, size))
         out = detector.decode_predictions(detector(images / 255.0, training=False), images)
@@ -228,12 +248,14 @@ def keras_hub_retinanet(size: int, classes: int, seed: int = 0
             "num_detections": tf.cast(tf.reshape(valid, [1]), tf.float32),
         }
 
-    return detector, serve
+    return detector, serve if nms == "keras_hub" else builtin
 
 
 ARCHITECTURES: dict[str, Callable[..., tuple[Any, Callable[[tf.Tensor], dict[str, tf.Tensor]]]]]
-ARCHITECTURES = {"mobilenetv2_ssd": mobilenetv2_ssd, "keras_hub_retinanet": keras_hub_retinanet}
-DEFAULT_SIZE = {"mobilenetv2_ssd": 320, "keras_hub_retinanet": 384}
+ARCHITECTURES = {"mobilenetv2_ssd": mobilenetv2_ssd, "keras_hub_retinanet": keras_hub_retinanet,
+                 "keras_hub_retinanet_builtin_nms": partial(keras_hub_retinanet, nms="builtin")}
+DEFAULT_SIZE = {"mobilenetv2_ssd": 320, "keras_hub_retinanet": 384,
+                "keras_hub_retinanet_builtin_nms": 384}
 
 
 class _Serving(tf.Module):
