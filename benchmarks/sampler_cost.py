@@ -311,7 +311,7 @@ def measure_cost(report: common.Report, label: str, bench: Bench, calls: int, ro
                 resident.resume()
             for i in range(RESUME_CALLS):
                 bench.backend.predict(bench.inputs[i])
-            timed, _ = loop()
+            timed, _fingerprints = loop()
             if resident is not None:
                 resident.pause()
             latencies[name].append(timed)
