@@ -4,17 +4,20 @@ quiet machine, and which share of its samples it still takes when every core is 
 **Cost** (no CPU hog: run it on a quiet machine, e.g. under the shared ``flock``): only the
 settings detbench ships, sampling off (``benchmark.telemetry=false``), the default interval
 (``runner.config.BenchmarkConfig.sample_interval_s``, the one place it is set) and 10 ms, plus
-the other candidates for the default (``COST_INTERVALS``). Each block does what the worker does
-around its timed loop: a fresh ``runner.telemetry.Sampler`` started (``start()`` returns once
-the sampling process took its first sample), ``WARM_S`` of untimed calls, ``timed`` marked, the
-worker's timed loop (``time_calls`` + its ``on_output``) over ``BLOCK_S`` of calls (the count
-calibrated from the off latency), ``done`` marked, the sampler stopped: its start and stop lie
-outside the timed part, and a block long enough to hold 15-150 samples averages the per-block
-noise out. The settings run once per round in rotating orders; the figure is the median over
-rounds of the paired ratio (mean latency of the setting's block / the off block of the same
-round) with a bootstrap 95% interval of that median. Beside it, the **analytic bound**:
-1 + CPU seconds of the sampling process / its wall seconds / CPUs (the sampler can take at most
-its own CPU time from the benchmark, spread over the CPUs the benchmark uses).
+the other candidates for the default (``COST_INTERVALS``) and an A/A control (off against off:
+the method's own noise). A job's sampler runs through the whole job, so each interval has one
+resident sampling process (``Resident``), started once and stopped (SIGSTOP) except during its
+own blocks: no process start or stop near a timed call. A block: the process resumed,
+``RESUME_CALLS`` untimed calls, the worker's timed loop (``time_calls`` + its ``on_output``) over
+``COST_CALLS`` calls, the process paused. The settings run once per round in rotating orders;
+the figure is the median over rounds of the paired ratio (mean latency of the setting's block /
+the off block of the same round) with a bootstrap 95% interval of that median. Blocks are short
+on purpose: on this shared machine the latency jumps between levels tens of percent apart within
+seconds (others' work), and two blocks of a pair agree best when they are close in time (a first
+version with a fresh Sampler per 1.5 s block and 40 rounds read 50 ms 0.957, CI 0.904..1.005, and
+100 ms 1.090, CI 0.952..1.187: noise). Beside it, the **analytic bound**: 1 + CPU seconds of the
+sampling process / the wall seconds it ran / CPUs (the sampler can take at most its own CPU time
+from the benchmark, spread over the CPUs the benchmark uses).
 
 **Coverage under load**: one busy process per CPU beside the benchmark (the load under which a
 SCHED_IDLE sampler starved), every setting incl. the comparison ones: the sampling process at
@@ -291,7 +294,7 @@ RESUME_CALLS = 2
 
 
 def measure_cost(report: common.Report, label: str, bench: Bench, calls: int, rounds: int,
-                 quick: bool) -> None:
+                 quick: bool, dump: str | None = None) -> None:
     """The cost part: no hogs, the shipped settings plus an A/A control (``off_again``: off
     against off, the method's own noise), short interleaved blocks with resident samplers."""
     settings = cost_settings(quick)
@@ -320,6 +323,8 @@ def measure_cost(report: common.Report, label: str, bench: Bench, calls: int, ro
 
     common.interleave({name: variant(name) for name in latencies}, rounds)
     stopped = {name: r.stop() for name, r in residents.items()}
+    if dump is not None:  # every block's latencies, for pooling runs or another estimator
+        np.savez(dump, **{name: np.stack(blocks) for name, blocks in latencies.items()})
     off = latencies["off"]
     report.info(f"{label} cost: sampling off: mean latency "
                 f"{float(np.concatenate(off).mean()) * 1e3:.4f} ms, "
@@ -377,7 +382,8 @@ def measure_load(report: common.Report, label: str, bench: Bench, calls: int, ro
         coverage = taken / expected if expected else 0.0
         report.figure(f"{label}.coverage_{name}", coverage,
                       f"({setting.what}{taken} samples taken in the timed blocks / "
-                      f"~{expected:.0f} expected, under load)")
+                      f"~{expected:.0f} expected, under load; a phase mark's own sample can "
+                      "take it past 1)")
         if name in COVERAGE_TARGETS:
             target = COVERAGE_TARGETS[name]
             report.target(f"{label}.coverage_target_{name}", coverage >= target,
@@ -446,6 +452,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-load", action="store_true",
                         help="skip the coverage-under-load part")
     parser.add_argument("--no-cost", action="store_true", help="skip the cost part")
+    parser.add_argument("--dump", metavar="FILE.npz",
+                        help="write the cost blocks' latencies (setting -> rounds x calls)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -460,7 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile_sample(report, 200 if args.quick else 3000)
     bench = Bench(common.DEMO_MODEL, common.input_tensors(10, 480, 640, seed=1))
     if not args.no_cost:
-        measure_cost(report, "demo", bench, cost_calls, rounds, args.quick)
+        measure_cost(report, "demo", bench, cost_calls, rounds, args.quick, args.dump)
     if not args.no_load:
         if args.quick and args.block_s is None:
             calls = 5
