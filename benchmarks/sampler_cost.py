@@ -324,7 +324,8 @@ def measure_cost(report: common.Report, label: str, bench: Bench, calls: int, ro
     common.interleave({name: variant(name) for name in latencies}, rounds)
     stopped = {name: r.stop() for name, r in residents.items()}
     if dump is not None:  # every block's latencies, for pooling runs or another estimator
-        np.savez(dump, **{name: np.stack(blocks) for name, blocks in latencies.items()})
+        arrays: dict[str, Any] = {n: np.stack(b) for n, b in latencies.items()}
+        np.savez(dump, **arrays)
     off = latencies["off"]
     report.info(f"{label} cost: sampling off: mean latency "
                 f"{float(np.concatenate(off).mean()) * 1e3:.4f} ms, "
