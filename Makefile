@@ -10,7 +10,7 @@ MLFLOW_URI ?= sqlite:///mlflow.db
 MLFLOW_PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock bench test lint mlflow-ui table sync perf train-demo clean
+.PHONY: help install lock bench test test-slow test-all lint mlflow-ui table sync perf train-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -31,7 +31,15 @@ lock: ## Refresh constraints.txt from the versions installed in .venv (then comm
 bench: install ## Run one benchmark job (python -m runner $(ARGS)); e.g. make bench ARGS="benchmark.warmup=10"
 	$(PY) -m runner $(ARGS)
 
-test: install ## Run the test suite
+# The fast lane leaves out the tests marked slow (pyproject.toml: real jobs end to end, model
+# conversions, benchmark scripts); CI (.ci/run) runs both lanes.
+test: install ## The fast lane: every test not marked slow (README: Tests)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-slow: install ## The slow lane: end-to-end jobs, signals, conversions, benchmark scripts
+	$(PY) -m pytest -m slow $(ARGS)
+
+test-all: install ## Both lanes in one pytest run
 	$(PY) -m pytest $(ARGS)
 
 lint: install ## ruff and mypy

@@ -1,4 +1,10 @@
-"""Hydra callbacks. :class:`SweepParentRun` gives a sweep (``python -m runner -m ...``) a parent
+"""Hydra callbacks, both named in conf/config.yaml's ``hydra.callbacks``.
+
+:class:`SweepSummary` ends a sweep with a summary of every job (finished, failed and why,
+skipped and why) and an exit code that says whether all went well (non-zero only after every job
+has run).
+
+:class:`SweepParentRun` gives a sweep (``python -m runner -m ...``) a parent
 MLflow run: each job's run carries the tag ``mlflow.parentRunId`` (runner/job.py reads the id
 from ``$DETBENCH_PARENT_RUN_ID``, set here before the first job; an environment variable reaches
 jobs run in this process by the basic launcher and in child processes by submitit), and at the end
@@ -51,6 +57,67 @@ def sweep_params(argv: list[str], overrides: list[str]) -> dict[str, str]:
     from runner.tracking import redact
 
     return {k: redact(v)[:MAX_PARAM_CHARS] for k, v in params.items()}
+
+
+OK = ("FINISHED", "SKIPPED")  # the job statuses SweepSummary does not count as failures
+
+
+def outcome(job_return: JobReturn) -> dict[str, str]:
+    """Status, name and reason of one job from what the task function returned or raised."""
+    overrides = " ".join(job_return.overrides or [])
+    if job_return.status == JobStatus.FAILED:
+        exc = job_return._return_value  # the exception the task raised
+        return {"status": "FAILED", "name": overrides, "reason": f"{type(exc).__name__}: {exc}"}
+    value: Any = job_return._return_value
+    if isinstance(value, dict):
+        name = f"{value.get('name')} [{overrides}]" if overrides else str(value.get("name"))
+        if value.get("pending"):  # measured, but not in the store: runner.sync uploads it
+            return {"status": "UNLOGGED", "name": name,
+                    "reason": f"{value.get('status')} but not logged: {value['pending']}"}
+        return {"status": str(value.get("status")), "name": name,
+                "reason": str(value.get("error") or "")}
+    return {"status": "UNKNOWN", "name": overrides, "reason": repr(value)}
+
+
+class SweepSummary(Callback):
+    """Collects each job's outcome; prints the summary and exits 1 if any job did not end
+    FINISHED or SKIPPED."""
+
+    def __init__(self) -> None:
+        self.jobs: list[dict[str, str]] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Refuse to start a sweep whose tracking server is down, before any model loads."""
+        from runner.tracking import TrackingUnavailable, check_reachable, check_writable
+
+        try:
+            check_reachable(resolve_uri(config.tracking.uri))
+            check_writable(resolve_uri(config.tracking.uri))
+        except TrackingUnavailable as exc:
+            print(f"detbench: sweep not started: {exc}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        self.jobs.append(outcome(job_return))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.jobs:
+            return
+        from runner.tracking import redact
+
+        print(redact(summary_text(self.jobs)))  # overrides may hold a tracking.uri password
+        if any(job["status"] not in OK for job in self.jobs):
+            sys.exit(1)
+
+
+def summary_text(jobs: list[dict[str, str]]) -> str:
+    counts = {s: sum(j["status"] == s for j in jobs) for s in sorted({j["status"] for j in jobs})}
+    lines = ["", "Sweep summary: " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items())]
+    width = max(len(j["name"]) for j in jobs)
+    for job in jobs:
+        reason = f"  {job['reason']}" if job["reason"] else ""
+        lines.append(f"  {job['status']:<8} {job['name']:<{width}}{reason}")
+    return "\n".join(lines)
 
 
 class SweepParentRun(Callback):

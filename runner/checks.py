@@ -423,13 +423,15 @@ def _input_fix(reader: signatures.OutputReader, predict: Callable[[Any], Mapping
     18 x INPUT_SEARCH_IMAGES untimed calls, only when the configured inputs match nothing."""
     from dataclasses import replace
 
+    from runner.config import CHANNEL_ORDERS
+
     truths = truths[:INPUT_SEARCH_IMAGES]
     best: tuple[tuple[int, float, int], tuple[str, ...], Agreement] | None = None
     for low, high in INPUT_RANGES:
         unit = 1.0 if high <= 1 else 255.0
         imagenet = None if low < 0 else (tuple(round(v * unit, 4) for v in IMAGENET[0]),
                                          tuple(round(v * unit, 4) for v in IMAGENET[1]))
-        for order in ("rgb", "bgr"):
+        for order in CHANNEL_ORDERS:
             for mean, std in {(spec.mean, spec.std), (None, None), imagenet or (None, None)}:
                 candidate = replace(spec, value_range=(low, high), channel_order=order,
                                     mean=mean, std=std)

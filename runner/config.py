@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from runner import backends
 from runner.signatures import (
+    ADAPTER_ALIASES,
     ADAPTER_NAMES,
     BOX_FORMATS,
     BOX_FRAMES,
@@ -57,7 +58,7 @@ class ModelConfig:
     signature: str = "serving_default"
     input_name: str = "input_tensor"
     input_dtype: str = "uint8"
-    outputs: str = "zoo"  # output adapter in runner.signatures
+    outputs: str = "zoo"  # runner.signatures.ADAPTER_NAMES (old names: ADAPTER_ALIASES)
     output_keys: OutputKeys = field(default_factory=OutputKeys)  # outputs=custom only
     # normalized | pixels (+ box_order) | KerasCV names: yxyx xyxy xywh center_xywh (pixels of
     # box_frame) and rel_yxyx rel_xyxy rel_xywh rel_center_xywh (relative to it)
@@ -191,6 +192,15 @@ def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
 
+def _choice_or_alias(name: str, value: Any, valid: tuple[str, ...],
+                     aliases: dict[str, str]) -> None:
+    """A choice that may also be given by an old name (``aliases``: old -> current)."""
+    if value not in valid and value not in aliases:
+        old = ", ".join(f"{a} (now {b})" for a, b in aliases.items())
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}"
+                          + (f"; old names still accepted: {old}" if old else ""))
+
+
 def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -214,7 +224,7 @@ def validate(cfg: JobConfig | DictConfig) -> None:
     """Check values that types cannot: choices, ranges and paths. Raises ConfigError."""
     model, data, bench = cfg.model, cfg.dataset, cfg.benchmark
     _choice("model.source", model.source, MODEL_SOURCES)
-    _choice("model.outputs", model.outputs, ADAPTER_NAMES)
+    _choice_or_alias("model.outputs", model.outputs, ADAPTER_NAMES, ADAPTER_ALIASES)
     _choice("model.input_dtype", model.input_dtype, INPUT_DTYPES)
     _choice("model.box_format", model.box_format, BOX_FORMATS)
     _choice("model.box_order", model.box_order, BOX_ORDERS)

@@ -91,7 +91,7 @@ def prerun_key(telemetry: bool = True, extra: Mapping[str, str] | None = None) -
 def _visible_gpus() -> list[dict[str, Any]]:
     from runner.telemetry import Sampler
 
-    sampler = Sampler(isolate=False)
+    sampler = Sampler(separate_process=False)
     try:
         return list(sampler.gpus)
     finally:
@@ -168,7 +168,7 @@ def _tensorflow() -> dict[str, str]:
         build = {}
     tags["env.tf_cuda_version"] = str(build.get("cuda_version") or NONE)
     tags["env.tf_cudnn_version"] = str(build.get("cudnn_version") or NONE)
-    linked, loaded = _tensorrt_versions()
+    linked, loaded = tensorrt_versions()
     trt_build = bool(build.get("is_tensorrt_build")) or linked != NONE
     tags["env.tf_tensorrt_build"] = _bool(trt_build)
     tags["env.tensorrt_linked_version"] = linked
@@ -176,8 +176,9 @@ def _tensorflow() -> dict[str, str]:
     return tags
 
 
-def _tensorrt_versions() -> tuple[str, str]:
-    """(linked, loaded) TensorRT versions TF-TRT reports, "none" when absent."""
+def tensorrt_versions() -> tuple[str, str]:
+    """(linked, loaded) TensorRT versions TF-TRT reports, "none" when absent (a build without
+    TensorRT reports 0.0.0). The one reader: the TF-TRT backend's availability check uses it too."""
     utils = None
     for module, attr in (
         ("tensorflow.python.compiler.tensorrt.trt_convert", "_pywrap_py_utils"),

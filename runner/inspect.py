@@ -54,7 +54,7 @@ def propose(outputs: Mapping[str, np.ndarray], input_name: str, input_dtype: str
             adapter = "zoo_masks"
         return [*out, f"model.outputs={adapter}  (or model=tfhub)"]
     if any(k.startswith("output_") for k in outputs):
-        return [*out, "model.outputs=centernet_tflite"]
+        return [*out, "model.outputs=numbered_outputs"]
     keys = {"boxes": _find(outputs, "box"), "classes": _find(outputs, "class", "label"),
             "scores": _find(outputs, "score", "confidence", "conf"),
             "num_detections": _find(outputs, "num")}

@@ -49,18 +49,16 @@ def _unknown(data: dict[Any, Any], schema: type, prefix: str) -> Any:
 
 def gpu_count() -> tuple[int, str]:
     """(NVIDIA GPUs this process may use, how that was decided), without importing TensorFlow:
-    ``CUDA_VISIBLE_DEVICES`` hiding them all, else NVML's device count."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return 0, f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
-    try:
-        import pynvml
+    NVML's GPUs as ``CUDA_VISIBLE_DEVICES`` selects them, read by the one parser the GPU lock and
+    the sampler share (runner.telemetry.visible: UUID and MIG entries, the list stopping at the
+    first entry that names no GPU, as CUDA reads it)."""
+    from runner import gpu_lock
 
-        pynvml.nvmlInit()
-        try:
-            count = int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception as exc:  # noqa: BLE001 - no driver, no library: no GPU
-        return 0, f"NVML: {type(exc).__name__}: {exc}"
-    return count, f"NVML sees {count}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    uuids = gpu_lock.gpu_uuids()
+    if not uuids:
+        return 0, "NVML reports no GPU (no driver, no nvidia-ml-py or no device)"
+    count = len(gpu_lock.visible_gpus(uuids, visible))
+    if visible is None:
+        return count, f"NVML sees {count}"
+    return count, f"CUDA_VISIBLE_DEVICES={visible!r} selects {count} of the {len(uuids)} GPUs"

@@ -14,11 +14,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from runner import backends, config
+
+if TYPE_CHECKING:  # runner.tracking imports MLflow lazily; the annotation needs none of it
+    from runner.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,13 @@ def comparable_key(cfg: DictConfig) -> str:
     return hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tags(job_cfg: Any, cfg: DictConfig) -> dict[str, str]:
+def tags(job_cfg: config.JobConfig, cfg: DictConfig) -> dict[str, str]:
     """Tags set when the run starts."""
     reference = backends.is_reference(job_cfg.precision, config.PrecisionConfig)
     return {TAG_KEY: comparable_key(cfg), TAG_REFERENCE: str(reference).lower()}
 
 
-def log_difference(tracker: Any, job_cfg: Any, cfg: DictConfig,
+def log_difference(tracker: Tracker, job_cfg: config.JobConfig, cfg: DictConfig,
                    metrics: Mapping[str, float]) -> dict[str, float]:
     """Log this run's metric differences to the reference run, or say it is missing; never
     raises (a lookup failure is logged as the tag's reason)."""

@@ -5,9 +5,12 @@ keypoints and masks).
 
 - ``zoo``, ``zoo_keypoints``, ``zoo_masks``: the exporter_lib_v2 contract
   (``../shared/reference/zoo.md``, beside the checkout).
-- ``centernet_tflite``: the two CenterNet MobileNetV2 archives, whose signature returns generic
-  ``output_N`` keys in the reversed order of (boxes, classes, scores, num_detections[, keypoints,
-  keypoint_scores]) with 0-based classes. Tensors are matched by shape where that is unambiguous.
+- ``numbered_outputs``: a SavedModel whose signature returns generic ``output_0``..``output_N``
+  keys in the reversed order of (boxes, classes, scores, num_detections[, keypoints,
+  keypoint_scores]) with 0-based classes: the two CenterNet MobileNetV2 zoo archives, exported
+  through the TFLite-graph path but still run as SavedModels. Tensors are matched by shape where
+  that is unambiguous. Its old name ``centernet_tflite`` (which read like a TFLite runtime) is
+  still accepted (:data:`ADAPTER_ALIASES`).
 - ``custom``: any SavedModel, with output keys, box format, box frame, class offset / map and
   padding rules from config (``model.*``); the conventions of other exporters are expressed here:
 
@@ -303,7 +306,7 @@ def zoo_outputs(outputs: Outputs, input_hw: Frame | tuple[int, int] = (1, 1)) ->
     return read(outputs, ZOO, input_hw)
 
 
-def centernet_tflite_spec(outputs: Outputs) -> OutputSpec:
+def numbered_outputs_spec(outputs: Outputs) -> OutputSpec:
     """Map ``output_N`` keys to roles: by shape where unique, else by the exporter's reversed
     order (scores come before classes), checked against integrality of the class values."""
     keys = sorted((k for k in outputs if re.fullmatch(r"output_\d+", k)),
@@ -329,30 +332,37 @@ def centernet_tflite_spec(outputs: Outputs) -> OutputSpec:
     )
 
 
-def centernet_tflite(outputs: Outputs, input_hw: Frame | tuple[int, int]) -> Detections:
-    return read(outputs, centernet_tflite_spec(outputs), input_hw)
+def numbered_outputs(outputs: Outputs, input_hw: Frame | tuple[int, int]) -> Detections:
+    return read(outputs, numbered_outputs_spec(outputs), input_hw)
 
 
 ADAPTERS: dict[str, Adapter] = {
     "zoo": zoo_outputs,
     "zoo_keypoints": lambda out, hw: read(out, ZOO_KEYPOINTS, hw),
     "zoo_masks": lambda out, hw: read(out, ZOO_MASKS, hw),
-    "centernet_tflite": centernet_tflite,
+    "numbered_outputs": numbered_outputs,
 }
 ADAPTER_NAMES = (*ADAPTERS, "custom")
+#: former adapter names -> the current one (configs and job dirs written before a rename)
+ADAPTER_ALIASES = {"centernet_tflite": "numbered_outputs"}
+
+
+def canonical_adapter(name: str) -> str:
+    """The current name of adapter ``name`` (an old name maps to its new one; others as given)."""
+    return ADAPTER_ALIASES.get(name, name)
 _FIXED = {"zoo": ZOO, "zoo_keypoints": ZOO_KEYPOINTS, "zoo_masks": ZOO_MASKS}
 
 
 @dataclass(frozen=True)
 class OutputReader:
     """An adapter that can say how it reads (for ``runner.checks``): ``name`` of the adapter and
-    its spec (None for centernet_tflite, whose spec is derived from each call's outputs)."""
+    its spec (None for numbered_outputs, whose spec is derived from each call's outputs)."""
 
     name: str
     spec: OutputSpec | None
 
     def spec_for(self, outputs: Outputs) -> OutputSpec:
-        return self.spec if self.spec is not None else centernet_tflite_spec(outputs)
+        return self.spec if self.spec is not None else numbered_outputs_spec(outputs)
 
     def parse(self, outputs: Outputs, frame: Frame | tuple[int, int]) -> Parsed:
         return read_parsed(outputs, self.spec_for(outputs), frame)
@@ -362,12 +372,16 @@ class OutputReader:
 
 
 def adapter(name: str, custom: OutputSpec | None = None) -> OutputReader:
+    """The adapter called ``name`` (a name in :data:`ADAPTER_ALIASES` gives the adapter it was
+    renamed to); ``custom`` needs its spec."""
+    name = canonical_adapter(name)
     if name == "custom":
         if custom is None:
             raise ValueError("the custom adapter needs an OutputSpec")
         return OutputReader(name, custom)
     if name not in ADAPTERS:
-        raise ValueError(f"unknown output adapter {name!r}; valid: {list(ADAPTER_NAMES)}")
+        raise ValueError(f"unknown output adapter {name!r}; valid: {', '.join(ADAPTER_NAMES)} "
+                         f"(old names: {', '.join(ADAPTER_ALIASES)})")
     return OutputReader(name, _FIXED.get(name))
 
 

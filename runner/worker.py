@@ -207,7 +207,7 @@ def _write_environment(sampler: Any, seed: bool, job_dir: Path,
     from runner import environment
 
     env = {**environment.collect(sampler.gpus, extra=backend_env),
-           "telemetry.backend": sampler.backend,
+           "telemetry.source": sampler.source,
            "telemetry.gpu_found": str(sampler.gpu_found).lower(),
            "telemetry.reason": sampler.reason or "",
            "telemetry.sampler": sampler.mode or "off",
@@ -313,7 +313,7 @@ def write_telemetry(sampler: Any, job_dir: Path, wall_start: float) -> None:
     if samples:
         write_csv(job_dir / jobdir.SAMPLES, samples)
     jobdir.write_text(job_dir / jobdir.TELEMETRY, json.dumps(
-        {"wall_start": wall_start, "backend": sampler.backend, "gpus": sampler.gpus,
+        {"wall_start": wall_start, "source": sampler.source, "gpus": sampler.gpus,
          "reason": sampler.reason, "errors": sampler.errors, "notes": sampler.notes,
          "incomplete": sampler.incomplete, "sampler": sampler.mode,
          "interval_s": sampler.interval_s, "sampler_cpu_share": sampler.cpu_share,

@@ -18,7 +18,10 @@ ZOO_BASE_URL = "https://download.tensorflow.org/models/object_detection/tf2"
 DEFAULT_DATE = "20200711"
 
 OutputsKind = Literal["boxes", "keypoints", "masks"]
-SignatureStyle = Literal["zoo", "centernet_tflite"]
+#: ``zoo``: exporter_lib_v2's signature (uint8 ``input_tensor``, ``detection_*`` outputs);
+#: ``tflite_graph``: exported through export_tflite_graph_tf2 but shipped as a SavedModel
+#: (float32 ``input``, generic ``output_N`` keys, read by the ``numbered_outputs`` adapter)
+SignatureStyle = Literal["zoo", "tflite_graph"]
 
 
 class UnknownZooEntry(KeyError):
@@ -77,17 +80,17 @@ class ZooModel:
     @property
     def adapter(self) -> str:
         """The output adapter name (``model.outputs`` in the Hydra config)."""
-        if self.signature_style == "centernet_tflite":
-            return "centernet_tflite"
+        if self.signature_style == "tflite_graph":
+            return "numbered_outputs"
         return {"boxes": "zoo", "keypoints": "zoo_keypoints", "masks": "zoo_masks"}[self.outputs]
 
     @property
     def input_name(self) -> str:
-        return "input" if self.signature_style == "centernet_tflite" else "input_tensor"
+        return "input" if self.signature_style == "tflite_graph" else "input_tensor"
 
     @property
     def input_dtype(self) -> str:
-        return "float32" if self.signature_style == "centernet_tflite" else "uint8"
+        return "float32" if self.signature_style == "tflite_graph" else "uint8"
 
 
 # (key, display name, outputs, signature style), in the public table's order of first appearance.
@@ -99,9 +102,9 @@ _ARCHITECTURES: tuple[tuple[str, str, OutputsKind, SignatureStyle], ...] = (
     ("centernet_resnet101_v1_fpn", "CenterNet Resnet101 V1 FPN", "boxes", "zoo"),
     ("centernet_resnet50_v2", "CenterNet Resnet50 V2", "boxes", "zoo"),
     ("centernet_resnet50_v2_kpts", "CenterNet Resnet50 V2 Keypoints", "keypoints", "zoo"),
-    ("centernet_mobilenetv2_fpn", "CenterNet MobileNetV2 FPN", "boxes", "centernet_tflite"),
+    ("centernet_mobilenetv2_fpn", "CenterNet MobileNetV2 FPN", "boxes", "tflite_graph"),
     ("centernet_mobilenetv2_fpn_kpts", "CenterNet MobileNetV2 FPN Keypoints", "keypoints",
-     "centernet_tflite"),
+     "tflite_graph"),
     *((f"efficientdet_d{i}", f"EfficientDet D{i}", "boxes", "zoo") for i in range(8)),
     ("ssd_mobilenet_v2", "SSD MobileNet v2", "boxes", "zoo"),
     ("ssd_mobilenet_v1_fpn", "SSD MobileNet V1 FPN", "boxes", "zoo"),

@@ -38,9 +38,9 @@ def model_yaml(model: zoo.ZooModel) -> str:
         f"resolutions: [{', '.join(model.resolutions)}]",
         f"outputs: {model.adapter}",
     ]
-    if model.signature_style == "centernet_tflite":
-        lines.insert(-5, "# Exported through the TFLite path: float32 `input` of fixed 512x512, "
-                        "generic output_N keys.")
+    if model.signature_style == "tflite_graph":
+        lines.insert(-5, "# A TFLite-graph export run as a SavedModel: float32 `input` of fixed "
+                        "512x512, generic output_N keys.")
         lines += [f"input_name: {model.input_name}", f"input_dtype: {model.input_dtype}"]
     return "\n".join(lines) + "\n"
 

@@ -52,7 +52,7 @@ def build(directory: Path, behaviour: str) -> Path:
 BOX = (0.25, 0.25, 0.75, 0.75)
 #: Its 17 keypoints, normalized (y, x), inside the box.
 KEYPOINTS = tuple((0.3 + 0.025 * k, 0.3 + 0.02 * k) for k in range(17))
-CONTRACTS = ("keypoints", "masks", "centernet_tflite")
+CONTRACTS = ("keypoints", "masks", "numbered_outputs")
 
 
 class _Contract(tf.Module):
@@ -62,7 +62,7 @@ class _Contract(tf.Module):
         super().__init__()
         self.kind = kind
         spec = (tf.TensorSpec([1, 512, 512, 3], tf.float32, name="input")
-                if kind == "centernet_tflite"
+                if kind == "numbered_outputs"
                 else tf.TensorSpec([1, None, None, 3], tf.uint8, name="input_tensor"))
         self.serve = tf.function(self._serve, input_signature=[spec])
 
@@ -71,11 +71,11 @@ class _Contract(tf.Module):
         pad = [[0, 0], [0, 99], [0, 0]]
         boxes = tf.pad(tf.constant([[BOX]], tf.float32), pad) + zero
         scores = tf.pad(tf.constant([[0.95]]), [[0, 0], [0, 99]])
-        classes = tf.zeros([1, 100]) if self.kind == "centernet_tflite" else tf.ones([1, 100])
+        classes = tf.zeros([1, 100]) if self.kind == "numbered_outputs" else tf.ones([1, 100])
         keypoints = tf.tile(tf.constant([[KEYPOINTS]], tf.float32), [1, 100, 1, 1])
         kp_scores = tf.ones([1, 100, 17])
         num = tf.constant([1.0])
-        if self.kind == "centernet_tflite":  # the exporter's reversed, generic outputs
+        if self.kind == "numbered_outputs":  # the exporter's reversed, generic outputs
             parts = [kp_scores, keypoints, num, scores, classes, boxes]
             return {f"output_{i}": t for i, t in enumerate(parts)}
         out = {"detection_boxes": boxes, "detection_classes": classes,

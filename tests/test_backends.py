@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from runner import backends, config, environment
 from runner.config import ConfigError
-from tests.conftest import ROOT, compose_job
+from tests.conftest import ROOT, compose_job, runs_by_precision
 
 
 def test_a_dummy_backend_plugs_in_without_touching_the_orchestrator(tmp_path: Path) -> None:
@@ -141,4 +141,6 @@ def test_a_sweep_skips_unavailable_precisions_with_their_reason(tmp_path: Path) 
     skipped = [line for line in summary.splitlines() if line.strip().startswith("SKIPPED")]
     assert any("trt_fp16" in line and "not built with TensorRT" in line for line in skipped)
     assert any("amp_fp16" in line and "needs an NVIDIA GPU" in line for line in skipped)
+    assert "make docker-bench" in proc.stdout  # TF-TRT's own message: where to run it
     assert _runs_in(db) == ["fp32"]  # no run was created for the skipped ones
+    assert runs_by_precision(f"sqlite:///{db}")["fp32"].info.status == "FINISHED"

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hydra.errors import ConfigCompositionException, HydraException
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -40,6 +41,7 @@ def _errors(tmp_path: Path) -> dict[str, str]:
             for r in client.search_runs([exp.experiment_id]) if "detbench.model" in r.data.tags}
 
 
+@pytest.mark.slow
 def test_bad_savedmodels_fail_their_own_job_with_the_reason(tmp_path: Path) -> None:
     bad_shape = models.build(tmp_path / "bad_shape", "bad_shape")
     float_input = models.build(tmp_path / "float_input", "float_input")
@@ -53,6 +55,7 @@ def test_bad_savedmodels_fail_their_own_job_with_the_reason(tmp_path: Path) -> N
     assert "Traceback" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_missing_signature_lists_the_ones_there(tmp_path: Path) -> None:
     ok = models.build(tmp_path / "ok", "ok")
     proc = _run(tmp_path, "model=custom", f"model.path={ok}", "model.signature=detect",
@@ -61,6 +64,7 @@ def test_missing_signature_lists_the_ones_there(tmp_path: Path) -> None:
     assert "no signature 'detect'; it has ['serving_default']" in proc.stdout
 
 
+@pytest.mark.slow
 def test_truncated_image_fails_the_job_naming_the_file(tmp_path: Path) -> None:
     images = tmp_path / "img"
     images.mkdir()

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+#: each script measures for real (jobs, conversions, hogs): the slow lane (make test-slow)
+pytestmark = pytest.mark.slow
 
 #: script -> the invariant checks it must report as passed
 CHECKS: dict[str, tuple[str, ...]] = {
@@ -31,7 +33,7 @@ CHECKS: dict[str, tuple[str, ...]] = {
 TARGETS: dict[str, tuple[str, ...]] = {
     "harness_overhead": ("demo.latency_ratio", "tiny.latency_ratio",
                          "tiny.deferred_latency_ratio"),
-    "sampler_cost": ("demo.cost_50ms", "demo.coverage_target_50ms", "demo.coverage_target_10ms"),
+    "sampler_cost": ("demo.cost_default", "demo.coverage_target_50ms", "demo.coverage_target_10ms"),
     "coco_eval": ("speedup",),
     "memory": (),
     "fixed_cost": ("before_ceiling", "after_ceiling"),

@@ -211,3 +211,42 @@ def test_sweep_params_and_status_rules() -> None:
     assert sweep_status(["FINISHED", "FINISHED"]) == "FINISHED"
     assert sweep_status(["FINISHED", "KILLED"]) == "FAILED"
     assert sweep_status(["FINISHED"], jobs_failed=1) == "FAILED"
+
+
+def test_config_names_the_callbacks_module_and_the_old_path_still_resolves(
+        sweep_cfg: DictConfig) -> None:
+    """conf/config.yaml's hydra.callbacks point at runner.callbacks (one module for both);
+    ``runner.sweep.SweepSummary``, named by configs and job dirs written before the merge,
+    resolves to the same class."""
+    from hydra.utils import get_class
+
+    from runner.callbacks import SweepSummary
+
+    targets = {name: entry["_target_"] for name, entry in sweep_cfg.hydra.callbacks.items()}
+    assert targets == {"sweep_summary": "runner.callbacks.SweepSummary",
+                       "sweep_parent": "runner.callbacks.SweepParentRun"}
+    assert get_class("runner.sweep.SweepSummary") is SweepSummary
+
+
+def test_sweep_summary_counts_failures_and_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.callbacks import SweepSummary
+
+    summary = SweepSummary()
+    done = JobReturn(overrides=["model=a"], status=JobStatus.COMPLETED,
+                     _return_value={"name": "a@256", "status": "FINISHED"})
+    skipped = JobReturn(overrides=["model=b"], status=JobStatus.COMPLETED,
+                        _return_value={"name": "b@256", "status": "SKIPPED", "error": "why"})
+    raised = JobReturn(overrides=["model=c"], status=JobStatus.FAILED,
+                       _return_value=OSError("disk full"))
+    for job in (done, skipped):
+        summary.on_job_end(config=DictConfig({}), job_return=job)
+    summary.on_multirun_end(config=DictConfig({}))  # all went well: no exit
+    assert "1 finished, 1 skipped" in capsys.readouterr().out
+    summary.on_job_end(config=DictConfig({}), job_return=raised)
+    with pytest.raises(SystemExit) as exited:
+        summary.on_multirun_end(config=DictConfig({}))
+    assert exited.value.code == 1
+    out = capsys.readouterr().out
+    lines = [line.split() for line in out.splitlines()]
+    assert ["FAILED", "model=c", "OSError:", "disk", "full"] in lines
+    assert ["SKIPPED", "b@256", "[model=b]", "why"] in lines

@@ -452,6 +452,7 @@ def demo_sweep(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Ite
                     [r.info.run_id for r in children])
 
 
+@pytest.mark.slow
 def test_demo_sweep_parent_and_children_carry_the_comparison(demo_sweep: DemoSweep) -> None:
     client = MlflowClient(demo_sweep.uri)
     parent = client.get_run(demo_sweep.parent)
@@ -475,6 +476,7 @@ def test_demo_sweep_parent_and_children_carry_the_comparison(demo_sweep: DemoSwe
     assert {"comparison.md", "comparison.csv", "comparison.png", "table.md"} <= artifacts
 
 
+@pytest.mark.slow
 def test_demo_cli_comparison_with_its_reference_file(demo_sweep: DemoSweep, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"

@@ -90,6 +90,22 @@ def test_unpublished_resolution_is_a_skip_not_an_error() -> None:
     assert config.skip_reason(config.to_object(compose_job(["resolution=256x256"]))) is None
 
 
+def test_outputs_old_name_is_accepted_and_a_wrong_one_lists_the_choices() -> None:
+    """``centernet_tflite`` (the numbered_outputs adapter's old name) still validates and reads
+    through the renamed adapter; an unknown name is refused with every choice and the alias."""
+    from runner import signatures
+
+    _validate(["model.outputs=centernet_tflite"])
+    cfg = config.to_object(compose_job(["model.outputs=centernet_tflite"]))
+    assert signatures.from_config(cfg.model).name == "numbered_outputs"
+    with pytest.raises(config.ConfigError) as err:
+        _validate(["model.outputs=tflite"])
+    message = str(err.value)
+    assert "model.outputs='tflite'" in message
+    assert all(name in message for name in signatures.ADAPTER_NAMES)
+    assert "centernet_tflite (now numbered_outputs)" in message
+
+
 def test_custom_outputs_need_keys() -> None:
     with pytest.raises(config.ConfigError, match="output_keys.boxes is not set"):
         _validate(["model.outputs=custom"])

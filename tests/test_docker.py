@@ -197,6 +197,7 @@ def test_compose_cli_accepts_the_file() -> None:
 
 # --- install.sh, run for real -------------------------------------------------------------------
 
+@pytest.mark.slow  # pip installs detbench into a venv
 def test_install_sh_keeps_the_images_packages(tmp_path: Path) -> None:
     """A scratch venv whose "image" packages are this venv's (a .pth file), numpy and protobuf
     among them: install.sh must pin them, install detbench into the scratch venv, change nothing."""

@@ -19,6 +19,9 @@ import pytest
 
 from tests.conftest import ROOT
 
+#: a wheel built and installed into a fresh venv, then real jobs from it: the slow lane
+pytestmark = pytest.mark.slow
+
 
 @dataclass
 class Installed:

@@ -313,6 +313,19 @@ def test_csv_round_trips_with_raw_numbers(produced: Produced, tmp_path: Path) ->
         assert row["env_key"] == run.data.tags["env.key"]
 
 
+def test_a_broken_savedmodel_fails_its_own_runs_with_their_traceback(produced: Produced) -> None:
+    """The sweep's garbage SavedModel: its runs FAILED with the error and ``error/traceback.txt``,
+    the demo's runs FINISHED (the single-job form, exit 1: tests/test_job.py, slow lane)."""
+    client = MlflowClient(produced.uri)
+    runs = _runs(produced.uri)
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == 2 and len(runs) == 4
+    for run in failed:
+        assert "OSError" in run.data.tags["error"]
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "error")}
+        assert "error/traceback.txt" in names
+
+
 def test_plots_are_real_pngs(produced: Produced, tmp_path: Path) -> None:
     paths = write_report(load_runs(produced.uri), tmp_path)
     assert [p.name for p in paths] == ["table.md", "table.csv", *PLOTS]

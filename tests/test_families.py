@@ -177,6 +177,7 @@ def test_nonsense_after_timing_is_judged_on_every_call(rects: tuple[Path, Path])
         guard.after_timing()
 
 
+@pytest.mark.slow
 def test_a_few_boxes_slightly_outside_are_counted_tagged_and_printed(tmp_path: Path) -> None:
     """End to end through ``python -m runner``: the run FINISHES, ``checks.outside`` counts the
     boxes, the tag says marginal; with ``resolution=HxW`` (no conf file) on a custom model."""

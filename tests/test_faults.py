@@ -60,6 +60,7 @@ def _workers(under: Path) -> list[psutil.Process]:
 SLOW = ("dataset.num_images=100", "benchmark.warmup=300", "benchmark.telemetry=false")
 
 
+@pytest.mark.slow
 def test_sigkilled_sweep_is_resumed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = ("benchmark.warmup=1,300", "dataset.num_images=50", "benchmark.telemetry=false")
@@ -88,6 +89,7 @@ def test_sigkilled_sweep_is_resumed(tmp_path: Path) -> None:
     assert sorted(r.info.status for r in parents) == ["FAILED", "FINISHED"]  # killed, resumed
 
 
+@pytest.mark.slow
 def test_ctrl_c_to_the_job_alone_ends_killed_and_keeps_the_unfinished_chunk(
         tmp_path: Path) -> None:
     import numpy as np
@@ -133,6 +135,7 @@ def test_tracking_server_down_at_start_refuses_before_any_model_loads(tmp_path: 
     assert not list(tmp_path.rglob("job.json"))
 
 
+@pytest.mark.slow
 def test_server_down_mid_job_then_sync_uploads_once(tmp_path: Path) -> None:
     store, port = tmp_path / "server", servers.free_port()
     with servers.mlflow_server(store, port) as url:
@@ -161,6 +164,7 @@ def test_server_down_mid_job_then_sync_uploads_once(tmp_path: Path) -> None:
         assert run.data.metrics["bbox.AP"] == pytest.approx(metrics["bbox.AP"])
 
 
+@pytest.mark.slow  # 6 jobs in two sweeps
 def test_two_sweeps_share_one_sqlite_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sweeps = [

@@ -215,3 +215,22 @@ def test_work_in_this_process_stays_on_its_first_gpu(tmp_path: Path,
         assert other.uuid != first.uuid
     release.set()
     thread.join()
+
+
+@pytest.mark.parametrize(("cuda_visible", "count"), [
+    (None, 3), ("-1", 0), ("", 0), ("GPU-cccc", 1), ("MIG-abcd", 1), ("7", 0), ("2,0", 2)])
+def test_preflight_gpu_count_reads_cuda_visible_devices_like_the_lock(
+        cuda_visible: str | None, count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AMP FP16 check's GPU count uses the same reading as the lock (before: any value but
+    "" and "-1" counted every GPU NVML sees, so "7" on a 3-GPU machine counted 3)."""
+    from runner import preflight
+
+    monkeypatch.setattr(gpu_lock, "gpu_uuids", lambda: UUIDS)
+    if cuda_visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", cuda_visible)
+    found, why = preflight.gpu_count()
+    assert found == count == len(visible_gpus(UUIDS, cuda_visible)), why
+    monkeypatch.setattr(gpu_lock, "gpu_uuids", list)
+    assert preflight.gpu_count()[0] == 0

@@ -66,7 +66,7 @@ def test_job_end_to_end(tmp_path: Path) -> None:
     assert dataset_input.dataset.name == "Synthetic shapes val (60 images)"
     assert run.data.params["model.name"] == "demo" and run.data.params["choice.precision"] == "fp32"
     tags = run.data.tags
-    assert tags["telemetry.backend"] == "psutil" and tags["env.gpu_count"] == "0"
+    assert tags["telemetry.source"] == "psutil" and tags["env.gpu_count"] == "0"
     assert tags["env.tensorflow"] and tags["mlflow.runName"] == "demo@256x256/fp32"
     client = MlflowClient(uri)
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -84,6 +84,7 @@ def test_config_error_fails_before_any_run(tmp_path: Path) -> None:
     assert _runs(uri) == []
 
 
+@pytest.mark.slow  # a broken model in the fast lane: test_export.py (its sweep)
 def test_broken_model_ends_failed_with_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad_model"
     bad.mkdir()
@@ -96,6 +97,7 @@ def test_broken_model_ends_failed_with_traceback(tmp_path: Path) -> None:
     assert "error/traceback.txt" in names
 
 
+@pytest.mark.slow  # -m sweeps in the fast lane: test_export.py, test_lifecycle.py
 def test_multirun_over_warmup(tmp_path: Path) -> None:
     proc, uri = _run(tmp_path, "-m", "benchmark.warmup=1,2", "dataset.num_images=4",
                      "benchmark.telemetry=false")

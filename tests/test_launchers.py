@@ -136,6 +136,7 @@ def local_sweep(mlflow_server: str, cache_dir: Path,
             "dir": work / "multirun", "seconds": time.monotonic() - start}
 
 
+@pytest.mark.slow
 def test_every_job_of_a_submitit_local_sweep_arrives_finished(local_sweep: dict[str, Any]) -> None:
     jobs = local_sweep["jobs"]
     assert sorted(run.data.params.get("benchmark.warmup") for run in jobs) == ["1", "2"]
@@ -146,6 +147,7 @@ def test_every_job_of_a_submitit_local_sweep_arrives_finished(local_sweep: dict[
     assert len(list(local_sweep["dir"].glob(".submitit/*/*_result.pkl"))) == 2  # 2 processes
 
 
+@pytest.mark.slow
 def test_sweep_jobs_share_one_parent_run(local_sweep: dict[str, Any]) -> None:
     jobs, parents = local_sweep["jobs"], local_sweep["parents"]
     if not parents:

@@ -143,6 +143,7 @@ def test_sigterm_to_a_sweep_leaves_no_worker_or_sampler(killed_sweep: dict[str, 
     _wait_for(lambda: _gone(killed_sweep["family"]), 30, "worker and sampler to end")
 
 
+@pytest.mark.slow  # measures the killed 200-image job again
 def test_rerunning_a_killed_sweep_resumes_it(killed_sweep: dict[str, Any]) -> None:
     tmp, uri = killed_sweep["tmp"], killed_sweep["uri"]
     again = _job(tmp, uri, killed_sweep["cache"], *killed_sweep["overrides"], multirun=True,
@@ -157,6 +158,7 @@ def test_rerunning_a_killed_sweep_resumes_it(killed_sweep: dict[str, Any]) -> No
 # -- one signal to one process --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sighup_to_the_job_alone_stops_its_worker_and_logs_partial_telemetry(
         tmp_path: Path, cache_dir: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -184,6 +186,7 @@ def test_sighup_to_the_job_alone_stops_its_worker_and_logs_partial_telemetry(
     assert outcome["signal"] == signal.SIGHUP
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_worker_alone_keeps_the_unfinished_chunk(tmp_path: Path,
                                                                 cache_dir: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -236,6 +239,7 @@ def _build_hang_after(directory: Path, calls: int, fifo: Path) -> Path:
     return directory
 
 
+@pytest.mark.slow  # waits out timeout_s
 def test_a_model_hung_in_the_timed_loop_times_out_with_its_latencies(
         tmp_path: Path, cache_dir: Path) -> None:
     fifo = tmp_path / "never_written.fifo"
@@ -289,6 +293,7 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
+@pytest.mark.slow
 def test_full_disk_ends_the_run_failed_with_no_space_left(tmp_path: Path, cache_dir: Path,
                                                           small_fs: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the store is elsewhere: only the job dir is full

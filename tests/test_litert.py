@@ -36,6 +36,7 @@ def lite_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.timeout(1200)  # four conversions of ~20 s each on 2 shared cores, five jobs
+@pytest.mark.slow
 def test_every_litert_mode_converts_times_and_keeps_ap(tmp_path: Path, lite_model: Path,
                                                         cache_dir: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -54,6 +54,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
 
 
 @pytest.mark.timeout(1200)
+@pytest.mark.slow
 def test_onnx_runtime_converts_times_and_keeps_ap(sweep: Sweep) -> None:
     native, onnx = sweep.runs["fp32"], sweep.runs["onnx_fp32"]
     tags, metrics = onnx.data.tags, onnx.data.metrics
@@ -80,6 +81,7 @@ def _converted(metrics: dict[str, float]) -> bool:
 
 
 @pytest.mark.timeout(1200)
+@pytest.mark.slow
 def test_onnx_runtime_int8_is_quantized_calibrated_and_close(sweep: Sweep) -> None:
     native, fp32, int8 = (sweep.runs[p] for p in ("fp32", "onnx_fp32", "onnx_int8"))
     tags, metrics = int8.data.tags, int8.data.metrics
@@ -104,6 +106,7 @@ def test_onnx_runtime_int8_is_quantized_calibrated_and_close(sweep: Sweep) -> No
 
 
 @pytest.mark.timeout(1200)
+@pytest.mark.slow
 def test_the_export_shows_each_runtime_and_its_ap_difference(sweep: Sweep,
                                                              tmp_path: Path) -> None:
     from runner.results import export

@@ -26,6 +26,7 @@ HAS_NNCF = importlib.util.find_spec("nncf") is not None
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow
 def test_openvino_converts_times_and_keeps_ap(tmp_path: Path) -> None:
     model = tmp_path / "demo_lite"
     done = subprocess.run([sys.executable, "-m", "runner.demo.lite", str(model)],

@@ -114,7 +114,7 @@ def _ready(child: subprocess.Popen[bytes]) -> bytes:
 @pytest.mark.parametrize("priority", ["realtime", "normal"])
 def test_sampling_process_protocol(tmp_path: Path, priority: str) -> None:
     rows_file = tmp_path / "rows.csv"
-    child = _start(rows_file, "--interval", "0.01", "--backend", "psutil", "--pid",
+    child = _start(rows_file, "--interval", "0.01", "--source", "psutil", "--pid",
                    str(os.getpid()), "--priority", priority)
     assert _ready(child) == probe.READY.encode()
     assert child.stdin is not None
@@ -144,7 +144,7 @@ def test_streamed_rows_survive_a_kill(tmp_path: Path) -> None:
     """Rows reach the file as they are taken: the first at once, then at least every FLUSH_S,
     and each a mark asks for at once; a SIGKILL loses only what was not flushed yet."""
     rows_file = tmp_path / "rows.csv"
-    child = _start(rows_file, "--interval", "0.01", "--backend", "psutil")
+    child = _start(rows_file, "--interval", "0.01", "--source", "psutil")
     assert _ready(child) == probe.READY.encode()
     assert len(probe.read_rows(rows_file, probe.HostRow)) >= 1  # the first sample, at once
     assert child.stdin is not None
@@ -159,7 +159,7 @@ def test_streamed_rows_survive_a_kill(tmp_path: Path) -> None:
 
 def test_sigterm_flushes_the_rows_and_exits_143(tmp_path: Path) -> None:
     rows_file = tmp_path / "rows.csv"
-    child = _start(rows_file, "--interval", "0.01", "--backend", "psutil")
+    child = _start(rows_file, "--interval", "0.01", "--source", "psutil")
     assert _ready(child) == probe.READY.encode()
     time.sleep(0.2)
     child.terminate()
@@ -180,7 +180,7 @@ def test_read_rows_leaves_out_a_cut_off_row_and_checks_columns(tmp_path: Path) -
 
 
 def test_sampling_process_reports_a_failed_start(tmp_path: Path) -> None:
-    child = _start(tmp_path / "rows.csv", "--interval", "0.01", "--backend", "nvml", "--gpus", "0")
+    child = _start(tmp_path / "rows.csv", "--interval", "0.01", "--source", "nvml", "--gpus", "0")
     assert _ready(child) == probe.READY.encode()  # says ready anyway, so the parent goes on
     out, _ = child.communicate(b"q", timeout=30)
     got = json.loads(out)
@@ -190,7 +190,7 @@ def test_sampling_process_reports_a_failed_start(tmp_path: Path) -> None:
 
 
 def test_sampling_process_ends_with_its_parent_pipe(tmp_path: Path) -> None:
-    child = _start(tmp_path / "rows.csv", "--interval", "0.01", "--backend", "psutil")
+    child = _start(tmp_path / "rows.csv", "--interval", "0.01", "--source", "psutil")
     assert _ready(child) == probe.READY.encode()
     assert child.stdin is not None
     child.stdin.close()  # what the parent's death does to the pipe

@@ -36,6 +36,7 @@ def _finished(tmp_path: Path) -> list[str]:
             if r.info.status == "FINISHED" and "detbench.model" in r.data.tags]
 
 
+@pytest.mark.slow  # two jobs
 def test_replacing_the_savedmodel_at_the_same_path_is_measured_again(tmp_path: Path) -> None:
     model = models.build(tmp_path / "model", "ok")
     args = ("model=custom", f"model.path={model}", "dataset.num_images=2")

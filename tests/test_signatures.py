@@ -67,13 +67,22 @@ def _centernet_outputs(with_keypoints: bool) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("with_keypoints", [False, True])
-def test_centernet_tflite_outputs_are_mapped_by_shape_and_order(with_keypoints: bool) -> None:
-    det = signatures.adapter("centernet_tflite")(_centernet_outputs(with_keypoints), (512, 512))
+def test_numbered_outputs_are_mapped_by_shape_and_order(with_keypoints: bool) -> None:
+    det = signatures.adapter("numbered_outputs")(_centernet_outputs(with_keypoints), (512, 512))
     assert len(det) == 2
     np.testing.assert_array_equal(det.classes, [1, 3])  # 0-based + 1 = COCO ids
     np.testing.assert_allclose(det.scores, [0.9, 0.4])
     np.testing.assert_allclose(det.boxes[0], [0.1, 0.2, 0.5, 0.6])
     assert (det.keypoints is not None) == with_keypoints
+
+
+def test_adapter_old_name_maps_to_the_new_one_and_unknown_lists_choices() -> None:
+    old = signatures.adapter("centernet_tflite")
+    assert old == signatures.adapter("numbered_outputs") and old.name == "numbered_outputs"
+    assert len(old(_centernet_outputs(False), (512, 512))) == 2
+    with pytest.raises(ValueError) as err:
+        signatures.adapter("tflite")
+    assert all(name in str(err.value) for name in signatures.ADAPTER_NAMES)
 
 
 def test_custom_adapter_pixels_xy_and_offset() -> None:

@@ -110,6 +110,7 @@ def _files_containing(root: Path, secret: str) -> list[str]:
     return [str(p) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
+@pytest.mark.slow  # a server and a job
 def test_credentials_in_the_uri_reach_no_record(tmp_path: Path) -> None:
     """A sweep against a real MLflow server, the password in tracking.uri: the server's store
     and artifacts, the job and sweep directories and the output never contain it."""

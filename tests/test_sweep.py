@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests import models
@@ -26,6 +27,7 @@ def _sweep(tmp_path: Path, uri: str, paths: str, *extra: str) -> subprocess.Comp
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.slow  # 6 jobs; the hang waits out timeout_s
 def test_sweep_survives_raise_abort_and_hang(tmp_path: Path) -> None:
     built = {b: models.build(tmp_path / b, b) for b in ("ok", "raise", "abort", "hang")}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

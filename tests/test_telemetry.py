@@ -67,7 +67,7 @@ def test_psutil_backend_on_this_machine() -> None:
     if sampler.gpu_found:
         sampler.stop()
         pytest.skip("this machine has a GPU")
-    assert sampler.backend == "psutil"
+    assert sampler.source == "psutil"
     assert sampler.reason
     assert sampler.gpus == []
     run_phases(sampler)
@@ -102,8 +102,8 @@ def test_samples_in_a_separate_process_by_default() -> None:
     assert sampler.summary("timed")["samples_count"] >= 5  # 0.12 s at 10 ms
 
 
-def test_thread_when_not_isolated() -> None:
-    sampler = run_phases(Sampler(interval_s=INTERVAL, isolate=False))
+def test_thread_when_not_a_separate_process() -> None:
+    sampler = run_phases(Sampler(interval_s=INTERVAL, separate_process=False))
     assert sampler.mode == "thread" and sampler.cpu_share is None
     assert sampler.summary("timed")["samples_count"] >= 5
     assert_consistent_phases(sampler, ["start", "load", "timed", "done"])
@@ -114,7 +114,7 @@ def test_falls_back_to_a_thread_when_the_process_cannot_start(
     monkeypatch: pytest.MonkeyPatch, executable: str
 ) -> None:
     monkeypatch.setattr(lifecycle.sys, "executable", executable)
-    sampler = run_phases(Sampler(interval_s=INTERVAL, isolate=True))
+    sampler = run_phases(Sampler(interval_s=INTERVAL, separate_process=True))
     assert sampler.mode == "thread"
     assert len(sampler.errors) == 1 and "sampling in a thread" in sampler.errors[0]
     assert sampler.summary("timed")["samples_count"] >= 5
@@ -122,7 +122,7 @@ def test_falls_back_to_a_thread_when_the_process_cannot_start(
 
 def test_a_killed_sampling_process_keeps_the_rows_it_streamed(tmp_path: Path) -> None:
     rows_file = tmp_path / "telemetry_rows.csv"
-    sampler = Sampler(interval_s=INTERVAL, isolate=True, rows_path=rows_file)
+    sampler = Sampler(interval_s=INTERVAL, separate_process=True, rows_path=rows_file)
     sampler.start()
     sampler.mark_phase("timed")
     time.sleep(0.1)
@@ -147,7 +147,7 @@ def test_a_killed_sampling_process_keeps_the_rows_it_streamed(tmp_path: Path) ->
 def test_nvml_init_error_falls_back_to_psutil() -> None:
     fake = FakeNvml([FakeGpu()], init_error=FakeNVMLError("NVML Shared Library Not Found"))
     sampler = Sampler(interval_s=INTERVAL, nvml=fake)
-    assert (sampler.backend, sampler.gpu_found) == ("psutil", False)
+    assert (sampler.source, sampler.gpu_found) == ("psutil", False)
     assert sampler.reason == "NVML Shared Library Not Found"
     run_phases(sampler, timed_s=0.02)
     assert sampler.summary()["samples_count"] >= 1
@@ -157,7 +157,7 @@ def test_nvml_init_error_falls_back_to_psutil() -> None:
 def test_no_devices_falls_back_to_psutil() -> None:
     fake = FakeNvml([])
     sampler = Sampler(interval_s=INTERVAL, nvml=fake)
-    assert sampler.backend == "psutil"
+    assert sampler.source == "psutil"
     assert "no GPU" in sampler.reason
     assert fake._calls["shutdown"] == 1
 
@@ -169,7 +169,7 @@ def test_disabled() -> None:
     with sampler:
         assert threading.active_count() == threads_before
         sampler.mark_phase("timed")
-    assert sampler.backend == "off"
+    assert sampler.source == "off"
     assert not sampler.gpu_found
     assert sampler.samples() == []
     assert sampler.summary() == {}
@@ -203,7 +203,7 @@ def test_lifecycle() -> None:
 def test_nvml_two_gpus_energy_and_static_info() -> None:
     fake = FakeNvml([FakeGpu(name=b"NVIDIA H200"), FakeGpu(power_mw=50_000)])
     sampler = Sampler(interval_s=INTERVAL, nvml=fake)
-    assert (sampler.backend, sampler.gpu_found, sampler.reason) == ("nvml", True, "")
+    assert (sampler.source, sampler.gpu_found, sampler.reason) == ("nvml", True, "")
     assert [g["index"] for g in sampler.gpus] == [0, 1]
     info = sampler.gpus[0]
     assert info["name"] == "NVIDIA H200"
@@ -251,7 +251,7 @@ def test_nvml_sampled_in_the_separate_process(tmp_path: Path,
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     sampler = Sampler(interval_s=INTERVAL)
-    assert (sampler.backend, [g["name"] for g in sampler.gpus]) == (
+    assert (sampler.source, [g["name"] for g in sampler.gpus]) == (
         "nvml", ["NVIDIA H200", "NVIDIA H200"])
     run_phases(sampler)
     assert sampler.mode in PROCESS_MODES and sampler.errors == []
@@ -335,7 +335,7 @@ def test_cuda_visible_devices_selecting_none(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     fake = FakeNvml([FakeGpu()])
     sampler = Sampler(INTERVAL, nvml=fake)
-    assert sampler.backend == "psutil"
+    assert sampler.source == "psutil"
     assert "CUDA_VISIBLE_DEVICES" in sampler.reason
     assert fake._calls["shutdown"] == 1
 

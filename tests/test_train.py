@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from runner.demo import train
@@ -25,6 +26,7 @@ def test_targets_put_a_peak_at_each_object_centre() -> None:
     assert t["index"][0] == int(cy) * 64 + int(cx) and t["mask"].sum() == 1
 
 
+@pytest.mark.slow  # trains for real: a TensorFlow start, 2 steps, an export
 def test_training_script_runs_and_exports(tmp_path: Path) -> None:
     out = tmp_path / "model"
     cmd = [sys.executable, "-m", "runner.demo.train", "--out", str(out), "--data",

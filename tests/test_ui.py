@@ -82,6 +82,7 @@ def _ap(run: Any) -> str:
     return f"{run.data.metrics['bbox.AP'] * 100:.2f}"
 
 
+@pytest.mark.slow
 def test_printed_links_land_on_the_numbers(store: Store, tmp_path: Path) -> None:
     """The experiment opens in the model-training layout; the runs link shows every run by its
     distinguishing name with rounded AP and images/sec; a run link shows the run's headline
@@ -121,6 +122,7 @@ def test_printed_links_land_on_the_numbers(store: Store, tmp_path: Path) -> None
         page.wait_for_text("children 2 FINISHED", "table/AP", "AP50")
 
 
+@pytest.mark.slow
 def test_store_tags_behind_the_view(store: Store) -> None:
     """What the UI read: experiment kind and view, MLflow's user/source/git tags, system/
     metrics against wall-clock time, the description holding the table row."""

@@ -25,7 +25,7 @@ from runner import zoo
 from tests import models
 
 MODELS = {"centernet_hg104_kpts": "keypoints", "mask_rcnn_inception_resnet_v2": "masks",
-          "centernet_mobilenetv2_fpn_kpts": "centernet_tflite"}
+          "centernet_mobilenetv2_fpn_kpts": "numbered_outputs"}
 W, H = 64, 48
 
 
@@ -80,7 +80,8 @@ def _person_dataset(root: Path) -> tuple[Path, Path, Path]:
     return root / "img", root / "instances.json", root / "keypoints.json"
 
 
-def test_keypoints_masks_and_centernet_tflite_through_the_runner(
+@pytest.mark.slow
+def test_keypoints_masks_and_numbered_outputs_through_the_runner(
         tmp_path: Path, zoo_server: str) -> None:
     images, instances, keypoints = _person_dataset(tmp_path / "data")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -59,12 +59,17 @@ class Backend(Protocol):
     def describe(self) -> dict[str, str]: ...
 
 
+#: how a backend's ``calibration_source`` may choose its images (``runner.calibration.select``);
+#: every backend that calibrates validates its setting against this one list
+CALIBRATION_SOURCES = ("disjoint", "seed")
+
+
 @dataclass(frozen=True)
 class CalibrationNeed:
     """How many images a backend calibrates on, chosen how (``runner.calibration``)."""
 
     count: int
-    source: str  # disjoint | seed
+    source: str  # one of CALIBRATION_SOURCES
     config_path: str  # e.g. "precision.trt": named in error messages
 
 

@@ -37,12 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from runner.backends import BuildContext, CalibrationNeed, Plugin, UnsupportedPrecision
+from runner.backends import (
+    CALIBRATION_SOURCES,
+    BuildContext,
+    CalibrationNeed,
+    Plugin,
+    UnsupportedPrecision,
+)
 from runner.backends.cache import ConversionCache, ingredients
 
 MODES = ("fp32", "fp16", "dynamic_int8", "int8")
 INTERPRETERS = ("auto", "ai_edge_litert", "tensorflow")
-CALIBRATION_SOURCES = ("disjoint", "seed")
 HOW_TO_GET_IT = "pip install 'detbench[litert]' (the ai-edge-litert package)"
 ARTIFACT = "model.tflite"
 

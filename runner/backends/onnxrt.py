@@ -29,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from runner.backends import BuildContext, CalibrationNeed, Plugin, UnsupportedPrecision
+from runner.backends import (
+    CALIBRATION_SOURCES,
+    BuildContext,
+    CalibrationNeed,
+    Plugin,
+    UnsupportedPrecision,
+)
 from runner.backends.cache import ConversionCache, ingredients
 
 HOW_TO_GET_IT = "pip install 'detbench[onnx]' (tf2onnx and onnxruntime)"
@@ -38,7 +44,6 @@ MODES = ("fp32", "int8")
 QUANT_FORMATS = ("qdq", "qoperator")
 CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("int8", "uint8")
-CALIBRATION_SOURCES = ("disjoint", "seed")
 ARTIFACT = "model.onnx"
 
 

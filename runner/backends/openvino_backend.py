@@ -32,7 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from runner.backends import BuildContext, CalibrationNeed, Plugin, UnsupportedPrecision
+from runner.backends import (
+    CALIBRATION_SOURCES,
+    BuildContext,
+    CalibrationNeed,
+    Plugin,
+    UnsupportedPrecision,
+)
 from runner.backends.cache import ConversionCache, ingredients
 
 HOW_TO_GET_IT = "pip install 'detbench[openvino]'"
@@ -42,7 +48,6 @@ TYPE_NAMES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}
 ARTIFACT = "model.xml"
 MODES = ("fp32", "int8")
 PRESETS = ("performance", "mixed")
-CALIBRATION_SOURCES = ("disjoint", "seed")
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "Deconvolution", "FullyConnected", "MatMul")
 
 

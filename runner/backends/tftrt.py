@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.backends import BuildContext, CalibrationNeed, Plugin
+from runner.backends import CALIBRATION_SOURCES, BuildContext, CalibrationNeed, Plugin
 from runner.backends.cache import CacheResult, ConversionCache, source_hash
 from runner.backends.native import NativeBackend, UnsupportedPrecision
 
 TRT_MODES = ("FP32", "FP16", "INT8")
-CALIBRATION_SOURCES = ("disjoint", "seed")
 
 
 @dataclass
@@ -46,15 +45,10 @@ def versions() -> dict[str, str]:
     """TensorFlow and TensorRT (linked, loaded) versions; 'none' where TensorRT is absent."""
     import tensorflow as tf
 
-    out = {"tensorflow": tf.__version__, "tensorrt_linked": "none", "tensorrt_loaded": "none"}
-    try:
-        from tensorflow.compiler.tf2tensorrt import _pywrap_py_utils as utils
+    from runner.environment import tensorrt_versions
 
-        out["tensorrt_linked"] = ".".join(map(str, utils.get_linked_tensorrt_version()))
-        out["tensorrt_loaded"] = ".".join(map(str, utils.get_loaded_tensorrt_version()))
-    except Exception:  # noqa: BLE001 - any failure means: no usable TensorRT
-        pass
-    return out
+    linked, loaded = tensorrt_versions()
+    return {"tensorflow": tf.__version__, "tensorrt_linked": linked, "tensorrt_loaded": loaded}
 
 
 def tensorrt_build() -> bool | None:

@@ -15,10 +15,13 @@ import math
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import jobdir
 from runner.results import describe
+
+if TYPE_CHECKING:  # for the annotation only: this module runs after the job's own tracking
+    from runner.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +114,7 @@ def _try(what: str, call: Any, *args: Any) -> Any:
         return None
 
 
-def present_run(tracker: Any, job_dir: Path, status: str, error: str | None,
+def present_run(tracker: Tracker, job_dir: Path, status: str, error: str | None,
                 metrics: Mapping[str, float] | None) -> None:
     """Description, package list and latency figures of one job's run (see module doc)."""
     record = _try("tracking record", lambda: json.loads((job_dir / jobdir.TRACKING).read_text()))

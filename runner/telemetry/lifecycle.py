@@ -63,11 +63,15 @@ def _tail(stderr: bytes) -> str:
 class Sampler:
     """Samples device telemetry every ``interval_s``, tagged by phase.
 
-    ``isolate`` (default: unless ``nvml`` is handed in, which cannot cross into a process)
+    ``separate_process`` (default: unless ``nvml`` is handed in, which cannot cross into a process)
     samples in a ``python -m runner.telemetry.probe`` process at ``priority`` (``realtime`` =
     SCHED_FIFO 1 where permitted, else normal; ``normal``; ``idle`` = SCHED_IDLE; see
     ``probe``) instead of a thread of this one. Rows stream to ``rows_path`` (a
     temporary file when None) and reach ``samples()`` and ``summary()`` when the sampler stops.
+
+    ``source`` says what the samples read: ``nvml`` (the GPUs), ``psutil`` (the host's CPU and
+    memory and the measured process, from /proc or psutil) or ``off`` (tag
+    ``telemetry.source``; named apart from ``precision.backend``, the inference runtime).
     """
 
     def __init__(
@@ -75,7 +79,7 @@ class Sampler:
         interval_s: float = 0.05,
         nvml: Any | None = None,
         enabled: bool = True,
-        isolate: bool | None = None,
+        separate_process: bool | None = None,
         rows_path: str | os.PathLike[str] | None = None,
         priority: str = "realtime",
     ) -> None:
@@ -88,7 +92,7 @@ class Sampler:
                              f"{', '.join(PRIORITIES)}")
         self.interval_s = float(interval_s)
         self.priority = priority
-        self.backend = "off"
+        self.source = "off"
         self.gpu_found = False
         self.reason = "" if enabled else "disabled"
         self.gpus: list[dict[str, Any]] = []
@@ -104,7 +108,7 @@ class Sampler:
         #: peak RSS of the measured process since it started (VmHWM), read at stop
         self.rss_hwm_mb: float | None = None
         self.wall_start = 0.0
-        self._isolate = nvml is None if isolate is None else isolate
+        self._separate_process = nvml is None if separate_process is None else separate_process
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
         self._wake = threading.Event()
@@ -137,7 +141,7 @@ class Sampler:
     # -- setup -------------------------------------------------------------------------------
 
     def _setup(self, nvml_module: Any | None) -> None:
-        self.backend = "psutil"
+        self.source = "psutil"
         if nvml_module is None:
             try:
                 nvml_module = importlib.import_module("pynvml")
@@ -160,13 +164,13 @@ class Sampler:
             self._use_psutil(found.reason or "no GPU handle could be opened")
             return
         self._devices, self.gpus = found.devices, found.gpus
-        self.backend, self.gpu_found, self.reason = "nvml", True, ""
+        self.source, self.gpu_found, self.reason = "nvml", True, ""
         self._throttle_mask = nvml.throttle_mask(nvml_module)
 
     def _use_psutil(self, reason: str) -> None:
         self._shutdown_nvml()
         self._devices, self.gpus = [], []
-        self.backend, self.gpu_found, self.reason = "psutil", False, reason
+        self.source, self.gpu_found, self.reason = "psutil", False, reason
 
     def _shutdown_nvml(self) -> None:
         if not self._nvml_initialised:
@@ -199,7 +203,7 @@ class Sampler:
     def start(self) -> None:
         if self._started or self._stopped:
             raise RuntimeError("a Sampler can only be started once")
-        if self.backend != "off":
+        if self.source != "off":
             energy = ((lambda: nvml.energy_j(self._nvml, self._devices)) if self._devices
                       else dict)
             self._counters = CounterReader(os.getpid(), exclude=self._child_pids, energy=energy)
@@ -211,20 +215,20 @@ class Sampler:
             self._t0 = first.t if first is not None else time.monotonic()
             self._started = True
             self._intervals = [[self._phase, 0.0, None]]
-        if self.backend == "off":
+        if self.source == "off":
             return
         if self._rows_path is None:
             self._temporary = tempfile.TemporaryDirectory(prefix="detbench-telemetry-")
             self._rows_path = Path(self._temporary.name) / "telemetry_rows.csv"
-        if self._isolate and self._start_process():
+        if self._separate_process and self._start_process():
             return
         self.mode = "thread"
-        if self.backend == "nvml":
+        if self.source == "nvml":
             self._reader = GpuReader(self._nvml, self._devices)
         else:
             self._reader = HostReader(os.getpid())
         try:
-            self._writer = RowWriter(self._rows_path, ROW_TYPES[self.backend]._fields[2:])
+            self._writer = RowWriter(self._rows_path, ROW_TYPES[self.source]._fields[2:])
         except OSError as e:
             self._record_error(f"rows file: {error_text(e)}; samples kept in memory only")
         self._take()
@@ -238,7 +242,7 @@ class Sampler:
         """Start the sampling process; False (and the reason recorded) if it cannot."""
         assert self._rows_path is not None
         command = [sys.executable, "-m", "runner.telemetry.probe",
-                   "--interval", repr(self.interval_s), "--backend", self.backend,
+                   "--interval", repr(self.interval_s), "--source", self.source,
                    "--rows", str(self._rows_path), "--priority", self.priority,
                    "--pid", str(os.getpid()),
                    "--gpus", ",".join(str(g["index"]) for g in self.gpus)]
@@ -297,7 +301,7 @@ class Sampler:
             with self._lock:
                 self._end_t = self._now() if last is None else last.t - self._t0
                 self._intervals[-1][2] = self._end_t
-            if self.backend != "off":
+            if self.source != "off":
                 self.rss_hwm_mb = counters.rss_peak_mb(os.getpid())
                 self._read_back()
         self._shutdown_nvml()
@@ -332,7 +336,7 @@ class Sampler:
         if self._rows_path is None or (self._writer is None and self._child is None):
             return
         try:
-            rows: list[Row] = list(read_rows(self._rows_path, GpuRow) if self.backend == "nvml"
+            rows: list[Row] = list(read_rows(self._rows_path, GpuRow) if self.source == "nvml"
                                    else read_rows(self._rows_path, HostRow))
         except (OSError, ValueError) as e:
             self.incomplete = self.incomplete or f"the streamed rows could not be read: {e}"
@@ -355,7 +359,7 @@ class Sampler:
             t = self._now() if reading is None else reading.t - self._t0
             self._intervals[-1][2] = t
             self._intervals.append([name, t, None])
-        if self.backend != "off":
+        if self.source != "off":
             self._sample_soon()  # so that short phases get a sample
 
     def _boundary(self) -> Reading | None:
@@ -363,7 +367,7 @@ class Sampler:
         last boundary (its buffer is short); the reading, None when sampling is off or the
         counters could not be read."""
         reading: Reading | None = None
-        if self.backend == "off":
+        if self.source == "off":
             return None
         if self._counters is not None:
             try:
@@ -427,7 +431,7 @@ class Sampler:
 
     @property
     def fields(self) -> tuple[str, ...]:
-        return ROW_TYPES[self.backend]._fields[2:] if self.backend in ROW_TYPES else ()
+        return ROW_TYPES[self.source]._fields[2:] if self.source in ROW_TYPES else ()
 
     def rows(self) -> list[Row]:
         """The rows taken, ``t`` in seconds since start()."""
@@ -469,7 +473,7 @@ class Sampler:
         ``host_cpu_util_mean``, ``gpu_energy_counter_j``, ``gpu_util_driver_mean``), peaks and
         sampled means from the rows, ``samples_count`` and ``telemetry_coverage``.
         """
-        if self.backend == "off":
+        if self.source == "off":
             return {}
         intervals = self.intervals()
         spans = summary.windows(intervals, phase)
@@ -482,7 +486,7 @@ class Sampler:
                "telemetry_coverage": summary.coverage(times, spans, self.interval_s)}
         pairs = summary.boundary_pairs(self._readings, intervals, phase)
         out |= summary.counter_summary(pairs, counters.cpu_count())
-        if self.backend == "nvml":
+        if self.source == "nvml":
             out |= summary.gpu_summary(rows, in_phase, spans, self._throttle_mask)
             out |= summary.driver_util_summary(self._driver_util, pairs)
             out |= summary.energy_metrics(out, sum(e - s for s, e in spans), num_images)

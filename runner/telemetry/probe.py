@@ -366,7 +366,7 @@ def set_priority(priority: str) -> str:
 
 
 def _open_reader(args: argparse.Namespace) -> tuple[GpuReader | HostReader, Callable[[], None]]:
-    if args.backend == "psutil":
+    if args.source == "psutil":
         return HostReader(args.pid), lambda: None
     nvml = importlib.import_module("pynvml")
     nvml.nvmlInit()
@@ -414,7 +414,7 @@ def _say_ready() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="detbench's telemetry sampling process")
     parser.add_argument("--interval", type=float, required=True, help="seconds between samples")
-    parser.add_argument("--backend", choices=tuple(ROW_TYPES), required=True)
+    parser.add_argument("--source", choices=tuple(ROW_TYPES), required=True)
     parser.add_argument("--rows", type=Path, required=True, help="CSV file the rows stream to")
     parser.add_argument("--priority", choices=PRIORITIES, default="realtime")
     parser.add_argument("--pid", type=int, default=os.getppid(), help="the measured process")
@@ -424,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors: list[str] = []
     usage: dict[str, float] = {}
     priority = set_priority(args.priority)
-    writer = RowWriter(args.rows, ROW_TYPES[args.backend]._fields[2:])
+    writer = RowWriter(args.rows, ROW_TYPES[args.source]._fields[2:])
     try:
         reader, shutdown = _open_reader(args)
     except Exception as e:  # noqa: BLE001 - reported to the parent, which keeps going
