@@ -258,28 +258,22 @@ DEFAULT_SIZE = {"mobilenetv2_ssd": 320, "keras_hub_retinanet": 384,
                 "keras_hub_retinanet_builtin_nms": 384}
 
 
-class _Serving(tf.Module):
-    def __init__(self, network: Any, serve: Callable[[tf.Tensor], dict[str, tf.Tensor]]
-                 ) -> None:
-        super().__init__()
-        self.network = network
-        self._serve = serve
-
-    @tf.function(input_signature=[tf.TensorSpec([1, None, None, 3], tf.uint8,
-                                                name="input_tensor")])
-    def serve(self, input_tensor: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._serve(input_tensor)
-
-
 def build(name: str, out: Path, size: int | None = None, classes: int = 90,
-          **options: Any) -> Built:
-    """Build architecture ``name`` with random weights and save it to ``out``."""
+          fixed_input: bool = False, **options: Any) -> Built:
+    """Build architecture ``name`` with random weights and save it to ``out``; its input is
+    [1, H, W, 3] of any size, or with ``fixed_input`` [1, size, size, 3] (then a job feeds every
+    runtime the same resized pixels: with any-size input Native FP32 gets the original image,
+    a fixed-shape runtime such as LiteRT the job's resize of it)."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose one of "
                          f"{', '.join(ARCHITECTURES)}")
     size = size or DEFAULT_SIZE[name]
     network, serve = ARCHITECTURES[name](size, classes, **options)
-    module = _Serving(network, serve)
+    module = tf.Module()
+    module.network = network
+    shape = [1, size, size, 3] if fixed_input else [1, None, None, 3]
+    module.serve = tf.function(serve, input_signature=[
+        tf.TensorSpec(shape, tf.uint8, name="input_tensor")])
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
     params = int(sum(np.prod(v.shape) for v in network.weights))
     return Built(out, name, size, classes, params)
@@ -316,9 +310,11 @@ def main() -> None:
                         help="MobileNetV2 width multiplier (mobilenetv2_ssd only)")
     parser.add_argument("--nms", choices=sorted(NMS), default=None,
                         help="mobilenetv2_ssd's NMS: builtin (default) or combined")
+    parser.add_argument("--fixed-input", action="store_true",
+                        help="input_tensor of [1, size, size, 3] instead of any size")
     args = parser.parse_args()
     options = {k: v for k, v in (("alpha", args.alpha), ("nms", args.nms)) if v is not None}
-    built = build(args.name, args.out, args.size, args.classes, **options)
+    built = build(args.name, args.out, args.size, args.classes, args.fixed_input, **options)
     print(f"{built.path} {built.name} {built.size}x{built.size} {built.classes} classes "
           f"{built.params} parameters")
 
