@@ -4,17 +4,20 @@ quiet machine, and which share of its samples it still takes when every core is 
 **Cost** (no CPU hog: run it on a quiet machine, e.g. under the shared ``flock``): only the
 settings detbench ships, sampling off (``benchmark.telemetry=false``), the default interval
 (``runner.config.BenchmarkConfig.sample_interval_s``, the one place it is set) and 10 ms, plus
-the other candidates for the default (``COST_INTERVALS``). Each block does what the worker does
-around its timed loop: a fresh ``runner.telemetry.Sampler`` started (``start()`` returns once
-the sampling process took its first sample), ``WARM_S`` of untimed calls, ``timed`` marked, the
-worker's timed loop (``time_calls`` + its ``on_output``) over ``BLOCK_S`` of calls (the count
-calibrated from the off latency), ``done`` marked, the sampler stopped: its start and stop lie
-outside the timed part, and a block long enough to hold 15-150 samples averages the per-block
-noise out. The settings run once per round in rotating orders; the figure is the median over
-rounds of the paired ratio (mean latency of the setting's block / the off block of the same
-round) with a bootstrap 95% interval of that median. Beside it, the **analytic bound**:
-1 + CPU seconds of the sampling process / its wall seconds / CPUs (the sampler can take at most
-its own CPU time from the benchmark, spread over the CPUs the benchmark uses).
+the other candidates for the default (``COST_INTERVALS``) and an A/A control (off against off:
+the method's own noise). A job's sampler runs through the whole job, so each interval has one
+resident sampling process (``Resident``), started once and stopped (SIGSTOP) except during its
+own blocks: no process start or stop near a timed call. A block: the process resumed,
+``RESUME_CALLS`` untimed calls, the worker's timed loop (``time_calls`` + its ``on_output``) over
+``COST_CALLS`` calls, the process paused. The settings run once per round in rotating orders;
+the figure is the median over rounds of the paired ratio (mean latency of the setting's block /
+the off block of the same round) with a bootstrap 95% interval of that median. Blocks are short
+on purpose: on this shared machine the latency jumps between levels tens of percent apart within
+seconds (others' work), and two blocks of a pair agree best when they are close in time (a first
+version with a fresh Sampler per 1.5 s block and 40 rounds read 50 ms 0.957, CI 0.904..1.005, and
+100 ms 1.090, CI 0.952..1.187: noise). Beside it, the **analytic bound**: 1 + CPU seconds of the
+sampling process / the wall seconds it ran / CPUs (the sampler can take at most its own CPU time
+from the benchmark, spread over the CPUs the benchmark uses).
 
 **Coverage under load**: one busy process per CPU beside the benchmark (the load under which a
 SCHED_IDLE sampler starved), every setting incl. the comparison ones: the sampling process at
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,7 +64,12 @@ MAX_DIFFERENCE = 0.01
 COVERAGE_TARGETS = {"50ms": 0.95, "10ms": 0.90}
 #: intervals whose cost is measured (the default is one of them): the candidates for the default
 COST_INTERVALS = (0.1, 0.05, 0.01)
-#: seconds of timed calls per block (full mode; quick: a few calls)
+#: cost part (full mode): rounds, and timed calls per block (short blocks, so that the two
+#: blocks of a pair see the same outside load: on this shared machine the latency switches
+#: between levels tens of percent apart within seconds)
+COST_ROUNDS = 300
+COST_CALLS = 10
+#: seconds of timed calls per block under load (full mode; quick: a few calls)
 BLOCK_S = 1.5
 #: seconds of untimed calls between start() and the timed block, in every setting
 WARM_S = 0.2
@@ -228,52 +237,135 @@ def report_invariants(report: common.Report, label: str, settings: dict[str, Set
                          f"{taken} samples taken in the timed blocks")
 
 
+class Resident:
+    """A sampling process at ``interval`` started once for the whole cost part and stopped
+    (SIGSTOP) except during its own blocks: what a job's sampler does in its timed phase (it runs
+    through the whole job), without a process start per block. A stopped process takes no CPU
+    and no samples; on SIGCONT it takes one sample at once (its interval passed) and then keeps
+    its grid, so each block first makes ``RESUME_CALLS`` untimed calls."""
+
+    def __init__(self, interval: float) -> None:
+        import psutil
+
+        from runner.telemetry import Sampler
+
+        self.sampler = Sampler(interval_s=interval)
+        self.sampler.start()
+        # the sampling process itself (benchmark-only access: the job never pauses it)
+        child = self.sampler._child
+        if child is None:
+            raise RuntimeError(f"no sampling process to pause ({self.sampler.mode}: "
+                               f"{'; '.join(self.sampler.errors)})")
+        self.pid = child.pid
+        os.kill(self.pid, signal.SIGSTOP)
+        self._process = psutil.Process(self.pid)
+        self._cpu0 = self._cpu_s()
+        self._started = time.monotonic()
+        self.resumed_s = 0.0
+        self._since = 0.0
+
+    def _cpu_s(self) -> float:
+        times = self._process.cpu_times()
+        return float(times.user + times.system)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+        self._since = time.monotonic()
+
+    def pause(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+        self.resumed_s += time.monotonic() - self._since
+
+    def stop(self) -> tuple[float, int, str]:
+        """(CPU seconds while resumed, samples taken, mode), the process stopped for good. The
+        CPU seconds come from the process's own report (``time.process_time``, ns resolution:
+        it takes none while stopped); /proc's 10 ms ticks where it sent none."""
+        ticks = self._cpu_s() - self._cpu0
+        os.kill(self.pid, signal.SIGCONT)
+        wall = time.monotonic() - self._started
+        self.sampler.stop()
+        share = self.sampler.cpu_share
+        cpu = share * wall if share is not None else ticks
+        return cpu, len(self.sampler.rows()), self.sampler.mode
+
+
+#: untimed calls after a sampling process is resumed (its first sample lands in them)
+RESUME_CALLS = 2
+
+
 def measure_cost(report: common.Report, label: str, bench: Bench, calls: int, rounds: int,
-                 quick: bool) -> None:
-    """The cost part: no hogs, the shipped settings, long interleaved blocks."""
+                 quick: bool, dump: str | None = None) -> None:
+    """The cost part: no hogs, the shipped settings plus an A/A control (``off_again``: off
+    against off, the method's own noise), short interleaved blocks with resident samplers."""
     settings = cost_settings(quick)
     default = name_of(default_interval())
-    report.info(f"{label} cost: {rounds} rounds x {calls} timed calls per setting and block, "
-                f"no CPU hog, load average {load_average()} before")
-    got = bench.run(settings, calls, rounds)
-    off = got["off"]
+    report.info(f"{label} cost: {rounds} rounds x {calls} timed calls per setting and block "
+                f"(+{RESUME_CALLS} untimed), no CPU hog, load average {load_average()} before")
+    residents = {name: Resident(s.interval) for name, s in settings.items()
+                 if s.interval is not None}
+    loop = bench.loop(calls)
+    latencies: dict[str, list[np.ndarray]] = {name: [] for name in [*settings, "off_again"]}
+
+    def variant(name: str) -> Callable[[int], None]:
+        resident = residents.get(name)
+
+        def block(_: int) -> None:
+            if resident is not None:
+                resident.resume()
+            for i in range(RESUME_CALLS):
+                bench.backend.predict(bench.inputs[i])
+            timed, _fingerprints = loop()
+            if resident is not None:
+                resident.pause()
+            latencies[name].append(timed)
+
+        return block
+
+    common.interleave({name: variant(name) for name in latencies}, rounds)
+    stopped = {name: r.stop() for name, r in residents.items()}
+    if dump is not None:  # every block's latencies, for pooling runs or another estimator
+        arrays: dict[str, Any] = {n: np.stack(b) for n, b in latencies.items()}
+        np.savez(dump, **arrays)
+    off = latencies["off"]
     report.info(f"{label} cost: sampling off: mean latency "
-                f"{float(np.concatenate(off.latencies).mean()) * 1e3:.4f} ms, "
-                f"{float(np.mean([b.sum() for b in off.latencies])):.2f} s per block; "
-                f"sampled in {'; '.join(sorted(set().union(*(o.modes for o in got.values()))))}")
+                f"{float(np.concatenate(off).mean()) * 1e3:.4f} ms, "
+                f"{float(np.mean([b.sum() for b in off])):.3f} s per block; sampled in "
+                f"{'; '.join(sorted({m for _, _, m in stopped.values()}))}; load average "
+                f"{load_average()} after")
+    ratio, lo, hi = common.paired_ratio(latencies["off_again"], off)
+    report.figure(f"{label}.cost_off_again", ratio,
+                  f"(A/A control: off / off, the method's own noise: 95% CI {lo:.4f}..{hi:.4f})")
     cpus = os.cpu_count() or 1
     for name, setting in settings.items():
         if setting.interval is None:
             continue
-        o = got[name]
-        ratio, lo, hi = common.paired_ratio(o.latencies, off.latencies)
-        overall = float(sum(b.sum() for b in o.latencies) / sum(b.sum() for b in off.latencies))
+        ratio, lo, hi = common.paired_ratio(latencies[name], off)
+        overall = float(sum(b.sum() for b in latencies[name]) / sum(b.sum() for b in off))
         shown = f"{name} (the default)" if name == default else name
         report.figure(f"{label}.cost_{name}", ratio,
                       f"(mean latency sampling every {shown} / off, no hog: median over "
                       f"{rounds} rounds of the paired block ratios, 95% CI {lo:.4f}..{hi:.4f}; "
                       f"ratio of the overall means {overall:.4f})")
         report.figure(f"{label}.cost_ci_{name}", [round(lo, 5), round(hi, 5)])
-        if o.shares:
-            share = float(np.median(o.shares))
-            report.figure(f"{label}.cpu_share_{name}", share,
-                          "(CPU s of the sampling process / its wall s, median over blocks: "
-                          "the share of one core it takes)")
-            report.figure(f"{label}.bound_{name}", 1.0 + share / cpus,
-                          f"(analytic bound on the cost: 1 + cpu_share / {cpus} CPUs)")
-        if o.per_sample_s:
-            report.figure(f"{label}.cpu_per_sample_us_{name}",
-                          float(np.median(o.per_sample_s)) * 1e6,
-                          "(CPU of the sampling process per sample, wake-up and cold caches "
-                          "included)")
-        taken, expected = o.coverage
-        report.figure(f"{label}.coverage_quiet_{name}", taken / expected if expected else 0.0,
-                      f"({taken} samples taken in the timed blocks / ~{expected:.0f} expected)")
+        cpu_s, taken, _ = stopped[name]
+        resumed_s = residents[name].resumed_s
+        share = cpu_s / resumed_s if resumed_s else 0.0
+        report.figure(f"{label}.cpu_share_{name}", share,
+                      f"(CPU s of the sampling process / the wall s it ran: {cpu_s:.3f} / "
+                      f"{resumed_s:.1f}: the share of one core it takes)")
+        report.figure(f"{label}.bound_{name}", 1.0 + share / cpus,
+                      f"(analytic bound on the cost: 1 + cpu_share / {cpus} CPUs, if the "
+                      "benchmark's threads lose only the CPU time the sampler takes)")
+        report.figure(f"{label}.bound_serial_{name}", 1.0 + share,
+                      "(1 + cpu_share: if each preemption stalls every thread of the "
+                      "benchmark, which waits for its slowest)")
+        report.figure(f"{label}.cpu_per_sample_us_{name}", cpu_s / max(taken, 1) * 1e6,
+                      f"(CPU of the sampling process per sample over {taken} samples, its "
+                      "wake-up and cold caches included)")
+        report.check(f"{label}.cost.sampled_{name}", taken > 0, f"{taken} samples taken")
         if name == default:
             report.target_within(f"{label}.cost_default", (ratio, lo, hi), 1 - MAX_DIFFERENCE,
                                  1 + MAX_DIFFERENCE, f"sampling every {name} (the default) / off")
-    report_invariants(report, f"{label}.cost.", settings, got)
-    report.info(f"{label} cost: load average {load_average()} after")
 
 
 def measure_load(report: common.Report, label: str, bench: Bench, calls: int, rounds: int,
@@ -295,7 +387,8 @@ def measure_load(report: common.Report, label: str, bench: Bench, calls: int, ro
         coverage = taken / expected if expected else 0.0
         report.figure(f"{label}.coverage_{name}", coverage,
                       f"({setting.what}{taken} samples taken in the timed blocks / "
-                      f"~{expected:.0f} expected, under load)")
+                      f"~{expected:.0f} expected, under load; a phase mark's own sample can "
+                      "take it past 1)")
         if name in COVERAGE_TARGETS:
             target = COVERAGE_TARGETS[name]
             report.target(f"{label}.coverage_target_{name}", coverage >= target,
@@ -353,38 +446,42 @@ def profile_sample(report: common.Report, repeats: int) -> None:
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=None,
-                        help="cost rounds (default 2 quick, 40 full)")
+                        help=f"cost rounds (default 3 quick, {COST_ROUNDS} full)")
+    parser.add_argument("--cost-calls", type=int, default=None,
+                        help=f"timed calls per cost block (default 3 quick, {COST_CALLS} full)")
     parser.add_argument("--load-rounds", type=int, default=None,
                         help="rounds under load (default 2 quick, 6 full)")
     parser.add_argument("--block-s", type=float, default=None,
-                        help=f"seconds of timed calls per block (default {BLOCK_S}; quick: "
-                             "5 calls)")
+                        help=f"seconds of timed calls per block under load (default {BLOCK_S}; "
+                             "quick: 5 calls)")
     parser.add_argument("--no-load", action="store_true",
                         help="skip the coverage-under-load part")
     parser.add_argument("--no-cost", action="store_true", help="skip the cost part")
+    parser.add_argument("--dump", metavar="FILE.npz",
+                        help="write the cost blocks' latencies (setting -> rounds x calls)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = common.arguments(__doc__.splitlines()[0], argv, _options)
     report = common.Report("sampler_cost", args.quick)
-    rounds = args.rounds or (2 if args.quick else 40)
+    rounds = args.rounds or (3 if args.quick else COST_ROUNDS)
+    cost_calls = args.cost_calls or (3 if args.quick else COST_CALLS)
     load_rounds = args.load_rounds or (2 if args.quick else 6)
     common.header(report, f"Sampler: cost without load (off / default "
                           f"{name_of(default_interval())} / others, interleaved), coverage "
                           "under one CPU hog per core")
     profile_sample(report, 200 if args.quick else 3000)
     bench = Bench(common.DEMO_MODEL, common.input_tensors(10, 480, 640, seed=1))
-    if args.quick and args.block_s is None:
-        calls = 5
-    else:
-        start = time.perf_counter()
-        bench.loop(len(bench.inputs))()
-        per_call = (time.perf_counter() - start) / len(bench.inputs)
-        calls = max(1, round((args.block_s or BLOCK_S) / per_call))
-    report.figure("block_calls", calls, "(timed calls per block)")
     if not args.no_cost:
-        measure_cost(report, "demo", bench, calls, rounds, args.quick)
+        measure_cost(report, "demo", bench, cost_calls, rounds, args.quick, args.dump)
     if not args.no_load:
+        if args.quick and args.block_s is None:
+            calls = 5
+        else:
+            start = time.perf_counter()
+            bench.loop(len(bench.inputs))()
+            per_call = (time.perf_counter() - start) / len(bench.inputs)
+            calls = max(1, round((args.block_s or BLOCK_S) / per_call))
         measure_load(report, "demo", bench, calls, load_rounds, args.quick)
     bench.close()
     report.info(f"load average at the end: {load_average()}")

@@ -20,8 +20,9 @@ def select(candidates: Sequence[ImageRecord], scored: Sequence[ImageRecord], cou
     ``disjoint``: sampled (seeded) from ``candidates`` minus every scored image id.
     ``seed``: the first ``count`` scored images, as the public table calibrated.
     ``config_path``: the backend's config section, named in error messages. ``count`` > 0 and
-    ``source`` among (disjoint, seed) are the backend's ``validate()``'s to check (once, before any
-    run); what only the data can tell (too few disjoint images) is checked here.
+    ``source`` in ``runner.backends.CALIBRATION_SOURCES`` are the backend's ``validate()``'s to
+    check (once, before any run); what only the data can tell (too few disjoint images) is checked
+    here.
     """
     if source == "seed":
         pool = sorted(scored, key=lambda r: r.image_id)
