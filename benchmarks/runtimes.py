@@ -114,11 +114,11 @@ def build(name: str, model: Path, cache: Path, calibration: Sequence[Any],
     load_s = time.perf_counter() - start
     metrics = backend.metrics()
     conversion = next((v for k, v in metrics.items() if k.endswith("conversion_s")), 0.0)
-    size = next((int(v) for k, v in metrics.items() if k.endswith("model_bytes")),
-                _dir_bytes(model))
+    nbytes = next((int(v) for k, v in metrics.items() if k.endswith("model_bytes")),
+                  _dir_bytes(model))
     report.info(f"{name}: built in {load_s:.1f} s (conversion {conversion:.1f} s), "
-                f"{size / 1e6:.2f} MB; {backend.describe()}")
-    return backend, float(conversion), size
+                f"{nbytes / 1e6:.2f} MB; {backend.describe()}")
+    return backend, float(conversion), nbytes
 
 
 def detect(backend: Any, inputs: Sequence[Any], records: Sequence[Any],

@@ -290,7 +290,7 @@ def agreement_ground_truth(detections: list[dict[str, Any]], images: list[dict[s
     random-weight network's conversion, whose AP on real objects is ~0 either way."""
     kept = [d for d in detections if d["bbox"][2] > 0 and d["bbox"][3] > 0]
     kept = sorted(kept, key=lambda d: -d["score"])[:top * len(images)]
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for det in sorted(kept, key=lambda d: (int(d["image_id"]), -d["score"])):
         x, y, w, h = (float(v) for v in det["bbox"])
         annotations.append({"id": len(annotations) + 1, "image_id": int(det["image_id"]),
