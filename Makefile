@@ -32,9 +32,13 @@ bench: install ## Run one benchmark job (python -m runner $(ARGS)); e.g. make be
 	$(PY) -m runner $(ARGS)
 
 # The fast lane leaves out the tests marked slow (pyproject.toml: real jobs end to end, model
-# conversions, benchmark scripts); CI (.ci/run) runs both lanes.
-test: install ## The fast lane: every test not marked slow (README: Tests)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+# conversions, benchmark scripts) and runs on TEST_WORKERS pytest-xdist workers (--dist loadfile:
+# a module's tests, and its module-scoped fixtures, stay on one worker; TEST_WORKERS=0: none).
+# The slow lane runs serially: its signal and timeout tests wait on jobs that must get the CPU.
+# CI (.ci/run) runs both lanes.
+TEST_WORKERS ?= 2
+test: install ## The fast lane: every test not marked slow, on 2 workers (README: Tests)
+	$(PY) -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-slow: install ## The slow lane: end-to-end jobs, signals, conversions, benchmark scripts
 	$(PY) -m pytest -m slow $(ARGS)

@@ -354,7 +354,11 @@ def measure_cost(report: common.Report, label: str, bench: Bench, calls: int, ro
                       f"(CPU s of the sampling process / the wall s it ran: {cpu_s:.3f} / "
                       f"{resumed_s:.1f}: the share of one core it takes)")
         report.figure(f"{label}.bound_{name}", 1.0 + share / cpus,
-                      f"(analytic bound on the cost: 1 + cpu_share / {cpus} CPUs)")
+                      f"(analytic bound on the cost: 1 + cpu_share / {cpus} CPUs, if the "
+                      "benchmark's threads lose only the CPU time the sampler takes)")
+        report.figure(f"{label}.bound_serial_{name}", 1.0 + share,
+                      "(1 + cpu_share: if each preemption stalls every thread of the "
+                      "benchmark, which waits for its slowest)")
         report.figure(f"{label}.cpu_per_sample_us_{name}", cpu_s / max(taken, 1) * 1e6,
                       f"(CPU of the sampling process per sample over {taken} samples, its "
                       "wake-up and cold caches included)")

@@ -92,11 +92,14 @@ def test_reference_precision_is_the_default_one() -> None:
 
 
 def _runner(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-            multirun: bool = False) -> tuple[subprocess.CompletedProcess[str], Path]:
+            multirun: bool = False, cache: Path | None = None
+            ) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``python -m runner``; an empty cache under tmp_path unless ``cache`` is given (the
+    session's: the synthetic split is not generated again)."""
     db = tmp_path / "mlflow.db"
     cmd = [sys.executable, "-m", "runner", *(["-m"] if multirun else []),
-           f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"tracking.uri=sqlite:///{db}",
-           f"cache_dir={tmp_path / 'cache'}", *args]
+           f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+           f"tracking.uri=sqlite:///{db}", f"cache_dir={cache or tmp_path / 'cache'}", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=600)
     return proc, db
@@ -130,11 +133,12 @@ def test_an_unavailable_precision_asked_for_alone_exits_2_with_one_line(
     assert not list((tmp_path / "cache").rglob("*.tar.gz"))  # nothing downloaded
 
 
-def test_a_sweep_skips_unavailable_precisions_with_their_reason(tmp_path: Path) -> None:
+def test_a_sweep_skips_unavailable_precisions_with_their_reason(tmp_path: Path,
+                                                               cache_dir: Path) -> None:
     proc, db = _runner(tmp_path, "precision=trt_fp16,amp_fp16,fp32",
                        "dataset.num_images=4", "dataset.calibration_split=null",
                        "benchmark.warmup=1", "benchmark.telemetry=false",
-                       env={"CUDA_VISIBLE_DEVICES": "-1"}, multirun=True)
+                       env={"CUDA_VISIBLE_DEVICES": "-1"}, multirun=True, cache=cache_dir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = proc.stdout[proc.stdout.index("Sweep summary"):]
     assert "1 finished, 2 skipped" in summary, summary

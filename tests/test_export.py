@@ -1,8 +1,7 @@
-"""runner.results.export on runs the runner itself produced: once per session, a sweep of two
-jobs (with
-the SweepParentRun callback) and one failing job (a garbage SavedModel), into an embedded SQLite
-store and, in parallel, over HTTP into a real ``mlflow server``; plus unit cases on hand-made
-frames."""
+"""runner.results.export on runs the runner itself produced: once per module, a sweep of two
+jobs (with the SweepParentRun callback) and one failing job (a garbage SavedModel), into an
+embedded SQLite store and (for the slow lane's HTTP test) again over HTTP into a real
+``mlflow server``; plus unit cases on hand-made frames."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -157,48 +155,38 @@ def _wait(proc: subprocess.Popen[bytes], log: Path) -> None:
 class Produced:
     base: Path
     uri: str  # the embedded SQLite store
-    server: Server
-    http_thread: threading.Thread
-    http_errors: list[BaseException]
+    garbage: Path  # the garbage SavedModel the sweep's custom model points at
+    env: dict[str, str]
 
     @property
     def db(self) -> Path:
         return self.base / "embedded" / "mlflow.db"
 
-    def http_ready(self) -> Server:
-        self.http_thread.join(timeout=2 * RUNNER_TIMEOUT_S)
-        if self.http_errors:
-            raise self.http_errors[0]
-        assert not self.http_thread.is_alive(), "HTTP runs still running"
-        return self.server
-
 
 @pytest.fixture(scope="module")
-def produced(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[Produced]:
+def produced(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Produced:
     base = tmp_path_factory.mktemp("export")
     garbage = base / "garbage_model"
     garbage.mkdir()
     (garbage / "saved_model.pb").write_bytes(b"\x00garbage, not a SavedModel")
     env = {k: v for k, v in os.environ.items() if k != PARENT_ENV}
     env |= {"DETBENCH_CACHE": str(cache_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    server = Server.start(base / "server")
-    errors: list[BaseException] = []
+    uri = f"sqlite:///{base / 'embedded' / 'mlflow.db'}"
+    _produce(uri, base / "embedded", garbage, env | {"MLFLOW_TRACKING_URI": uri})
+    return Produced(base, uri, garbage, env)
 
-    def over_http() -> None:
-        try:
-            server.wait_ready()
-            _produce(server.uri, base / "http", garbage, env | {"MLFLOW_TRACKING_URI": server.uri})
-        except BaseException as exc:  # noqa: BLE001 - reported by the HTTP test
-            errors.append(exc)
 
-    thread = threading.Thread(target=over_http, name="http-runs", daemon=True)
-    thread.start()
+@pytest.fixture(scope="module")
+def http_server(produced: Produced) -> Iterator[Server]:
+    """The same sweep again, over HTTP into a real ``mlflow server``: a second runner process and a
+    server, for the slow lane's HTTP test only."""
+    server = Server.start(produced.base / "server")
     try:
-        uri = f"sqlite:///{base / 'embedded' / 'mlflow.db'}"
-        _produce(uri, base / "embedded", garbage, env | {"MLFLOW_TRACKING_URI": uri})
-        yield Produced(base, uri, server, thread, errors)
+        server.wait_ready()
+        _produce(server.uri, produced.base / "http", produced.garbage,
+                 produced.env | {"MLFLOW_TRACKING_URI": server.uri})
+        yield server
     finally:
-        thread.join(timeout=2 * RUNNER_TIMEOUT_S)
         server.stop()
 
 
@@ -470,8 +458,10 @@ def test_mixed_environments_refused_then_labelled(produced: Produced, tmp_path: 
     assert [r[len(_columns(runs))] for r in rows] == ["", "50.00", "", ""]
 
 
-def test_http_server_reads_back_the_same_table(produced: Produced, tmp_path: Path) -> None:
-    server = produced.http_ready()
+@pytest.mark.slow  # a second sweep and a server: the embedded store's tests cover the rest
+def test_http_server_reads_back_the_same_table(produced: Produced, http_server: Server,
+                                               tmp_path: Path) -> None:
+    server = http_server
     via_http = write_report(load_runs(server.uri), tmp_path / "http")
     direct = write_report(load_runs(f"sqlite:///{server.db}"), tmp_path / "direct")
     assert via_http[0].read_text() == direct[0].read_text()  # table.md

@@ -32,6 +32,7 @@ from runner.telemetry import counters, nvml, summary
 from runner.telemetry import nvml as nvml_info
 from runner.telemetry.counters import CounterReader, Reading
 from runner.telemetry.probe import (
+    DEFAULT_INTERVAL_S,
     MAX_ERRORS,
     PRIORITIES,
     READY,
@@ -76,7 +77,7 @@ class Sampler:
 
     def __init__(
         self,
-        interval_s: float = 0.05,
+        interval_s: float = DEFAULT_INTERVAL_S,
         nvml: Any | None = None,
         enabled: bool = True,
         separate_process: bool | None = None,
