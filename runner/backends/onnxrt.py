@@ -189,8 +189,15 @@ def convert(source: Path, target: Path, signature: str, input_name: str, dtype: 
     # tf2onnx logs the TensorFlow ops it has no rule for and writes them into the file anyway;
     # ONNX Runtime then refuses the file with a long "invalid model" message naming one node
     # (KerasHub RetinaNet's NMS: Bitcast, BitwiseAnd). Refuse here, naming every such op.
+    def in_opset(op_type: str) -> bool:  # BitwiseAnd exists, from opset 18 on
+        try:
+            onnx.defs.get_schema(op_type, opset)
+        except onnx.defs.SchemaError:
+            return False
+        return True
+
     unknown = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")
-                      and not onnx.defs.has(n.op_type)})
+                      and not in_opset(n.op_type)})
     if unknown:
         raise UnsupportedPrecision(f"tf2onnx {tf2onnx.__version__} (opset {opset}) cannot "
                                    f"convert these TensorFlow ops: {', '.join(unknown)}")
