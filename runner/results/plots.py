@@ -235,6 +235,11 @@ def _min_span(ax: Any, values: pd.Series, span: float) -> None:
     ax.set_ylim(low - pad, high + pad)
 
 
+#: adjustText iterations per round, and rounds at most (each round continues from the last)
+LABEL_ITERATIONS = 300
+LABEL_ROUNDS = 8
+
+
 def _place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float],
                   labels: Sequence[str]) -> None:
     """Point labels that do not overlap each other or the points (adjustText moves them and
@@ -245,12 +250,23 @@ def _place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float],
     texts = [ax.text(x, y, label, fontsize=fontsize) for x, y, label in
              zip(xs, ys, labels, strict=True)]
     ax.figure.canvas.draw()  # adjustText measures rendered text
-    adjust_text(texts, x=list(xs), y=list(ys), ax=ax, expand=(1.03, 1.15),
-                force_text=(0.05, 0.15), force_static=(0.05, 0.1), ensure_inside_axes=True,
-                arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5}, time_lim=10)
-    for text in texts:
+    # Rounds of a fixed number of iterations, never a time limit: with adjustText's time_lim=10
+    # the placement depended on the CPU it got (a zoo-scale figure: 1403 iterations in 10 s on
+    # an idle core, fewer on a loaded one, and 1 overlapping pair left there). Its result is not
+    # monotonic in the iterations (300: 0 overlaps, 1000: 1), hence rounds until none overlap.
+    overlaps = 0
+    for _ in range(LABEL_ROUNDS):
+        adjust_text(texts, x=list(xs), y=list(ys), ax=ax, expand=(1.03, 1.15),
+                    force_text=(0.05, 0.15), force_static=(0.05, 0.1), ensure_inside_axes=True,
+                    iter_lim=LABEL_ITERATIONS)
+        overlaps = label_overlaps(ax, texts)
+        if not overlaps:
+            break
+    for (x, y), text in zip(zip(xs, ys, strict=True), texts, strict=True):
         text.set_in_layout(False)
-    overlaps = label_overlaps(ax, texts)
+        if text.get_position() != (x, y):  # moved away from its point: a leader line
+            ax.annotate("", xy=(x, y), xytext=text.get_position(),
+                        arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5})
     if overlaps:
         log.warning("ap_vs_latency.png: %d label pair(s) still overlap", overlaps)
 
