@@ -216,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, (backend, *_) in list(built.items()):
             try:
                 ap[name] = evaluate(backend, inputs[name], records, truth, size)
+                # printed now: the timing below can take long on a big model or a loaded machine
+                report.info(f"{name}: AP {100 * ap[name]:.2f}"
+                            + (" (agreement with Native FP32)" if arch else ""))
                 for x in raw[:3]:  # warm up every runtime before timing
                     backend.predict(backend.prepare_input(x))
             except Exception as exc:  # it converted but does not run: a finding too

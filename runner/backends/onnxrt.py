@@ -168,22 +168,36 @@ def convert(source: Path, target: Path, signature: str, input_name: str, dtype: 
 
     loaded = tf.saved_model.load(str(source))  # kept: the function needs its variables
     fn = loaded.signatures[signature]
-    # Frozen first: tf2onnx freezes the variables of the function it is given but turned a
-    # captured constant of the called signature (a Keras-built SSD's anchors, [N, 4]) into a
-    # second ONNX graph input, and the session failed: "Required inputs (['147305:0']) are
-    # missing from input feed (['input_tensor'])" (runner.demo.architectures mobilenetv2_ssd).
-    frozen = convert_variables_to_constants_v2(fn)
-    keys = tf.nest.flatten({k: k for k in fn.structured_outputs})  # the frozen outputs' order
     spec = (tf.TensorSpec(shape, dtype, name=input_name),)
-    serve = tf.function(lambda x: dict(zip(keys, tf.nest.flatten(frozen(x)), strict=True)),
-                        input_signature=spec)
+    serve = tf.function(lambda x: fn(**{input_name: x}), input_signature=spec)
     model, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
                                              output_path=str(target))
+    if len(model.graph.input) > 1:
+        # tf2onnx freezes the variables of the function it is given but turned a captured
+        # constant of the called signature (a Keras-built SSD's anchors, [N, 4]) into a second
+        # ONNX graph input, and the session failed: "Required inputs (['147305:0']) are missing
+        # from input feed (['input_tensor'])" (runner.demo.architectures mobilenetv2_ssd).
+        # Frozen first, it converts. Not always: on KerasHub's RetinaNet the frozen graph kept a
+        # PartitionedCall tf2onnx cannot convert, where the unfrozen one named the real culprits
+        # (Bitcast, BitwiseAnd), so this is the fallback, not the default.
+        frozen = convert_variables_to_constants_v2(fn)
+        keys = tf.nest.flatten({k: k for k in fn.structured_outputs})  # frozen outputs' order
+        serve = tf.function(lambda x: dict(zip(keys, tf.nest.flatten(frozen(x)), strict=True)),
+                            input_signature=spec)
+        model, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
+                                                 output_path=str(target))
     # tf2onnx logs the TensorFlow ops it has no rule for and writes them into the file anyway;
     # ONNX Runtime then refuses the file with a long "invalid model" message naming one node
     # (KerasHub RetinaNet's NMS: Bitcast, BitwiseAnd). Refuse here, naming every such op.
+    def in_opset(op_type: str) -> bool:  # BitwiseAnd exists, from opset 18 on
+        try:
+            onnx.defs.get_schema(op_type, opset)
+        except onnx.defs.SchemaError:
+            return False
+        return True
+
     unknown = sorted({n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx")
-                      and not onnx.defs.has(n.op_type)})
+                      and not in_opset(n.op_type)})
     if unknown:
         raise UnsupportedPrecision(f"tf2onnx {tf2onnx.__version__} (opset {opset}) cannot "
                                    f"convert these TensorFlow ops: {', '.join(unknown)}")
