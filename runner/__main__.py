@@ -71,21 +71,11 @@ def main(cfg: DictConfig) -> dict[str, str | None]:
     from runner import job
     from runner.backends import UnsupportedPrecision
     from runner.results import report
-    from runner.tracking import (
-        TrackingUnavailable,
-        check_reachable,
-        check_writable,
-        resolve_uri,
-    )
+    from runner.tracking import refuse_unusable_store
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.RUN:
-        try:
-            check_reachable(resolve_uri(cfg.tracking.uri))
-            check_writable(resolve_uri(cfg.tracking.uri))
-        except TrackingUnavailable as exc:
-            print(f"detbench: {exc}", file=sys.stderr)
-            sys.exit(2)
+        refuse_unusable_store(cfg.tracking.uri, "detbench: ")
     try:
         result = job.run(cfg, dict(hydra_cfg.runtime.choices), Path(hydra_cfg.runtime.output_dir))
     except config.ConfigError as exc:

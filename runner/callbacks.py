@@ -88,14 +88,9 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Refuse to start a sweep whose tracking server is down, before any model loads."""
-        from runner.tracking import TrackingUnavailable, check_reachable, check_writable
+        from runner.tracking import refuse_unusable_store
 
-        try:
-            check_reachable(resolve_uri(config.tracking.uri))
-            check_writable(resolve_uri(config.tracking.uri))
-        except TrackingUnavailable as exc:
-            print(f"detbench: sweep not started: {exc}", file=sys.stderr)
-            sys.exit(2)
+        refuse_unusable_store(config.tracking.uri, "detbench: sweep not started: ")
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         self.jobs.append(outcome(job_return))

@@ -576,6 +576,18 @@ def check_writable(uri: str) -> None:
             "it writable, or choose another store with tracking.uri=... or MLFLOW_TRACKING_URI")
 
 
+def refuse_unusable_store(configured: str | None, prefix: str) -> None:
+    """Before a job or a sweep starts: a tracking store that is down or read-only ends the
+    program with exit 2 and one line on stderr (``prefix`` says what did not start)."""
+    uri = resolve_uri(configured)
+    try:
+        check_reachable(uri)
+        check_writable(uri)
+    except TrackingUnavailable as exc:
+        print(f"{prefix}{exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def read_artifact(uri: str, run_id: str, artifact: str) -> bytes:
     """The bytes of one artifact of a run (downloaded to a temporary directory, without
     MLflow's progress bar); raises what MLflow raises when the run has no such artifact."""
