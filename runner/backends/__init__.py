@@ -17,6 +17,7 @@ outputs materialized as numpy arrays.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import os
 import pkgutil
@@ -73,6 +74,41 @@ class CalibrationNeed:
     config_path: str  # e.g. "precision.trt": named in error messages
 
 
+def int8_calibration(cfg: Any, section: str) -> CalibrationNeed | None:
+    """The calibration a converted runtime's ``mode=int8`` needs (its config section ``cfg``
+    has ``mode``, ``calibration_images`` and ``calibration_source``); None for any other mode."""
+    if cfg.mode != "int8":
+        return None
+    return CalibrationNeed(cfg.calibration_images, cfg.calibration_source, f"precision.{section}")
+
+
+def check_calibration_count(cfg: Any, section: str) -> None:
+    """ConfigError unless ``precision.<section>.calibration_images`` is > 0."""
+    if cfg.calibration_images <= 0:
+        from runner.config import ConfigError
+
+        raise ConfigError(f"precision.{section}.calibration_images={cfg.calibration_images!r} "
+                          "is not valid; it must be > 0")
+
+
+def calibration_id(records: Sequence[Any]) -> str:
+    """``count:digest`` of the calibration images' ids: part of a conversion's cache key, so a
+    different calibration set converts again."""
+    digest = hashlib.sha256(",".join(str(r.image_id) for r in records).encode()).hexdigest()
+    return f"{len(records)}:{digest[:16]}"
+
+
+def package_version(*names: str) -> str:
+    """The installed version of the first of ``names`` (distribution names) found, else
+    "none"."""
+    for name in names:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
+
+
 @dataclass
 class BuildContext:
     """Everything a plugin may use to load or convert the model (in the measuring process)."""
@@ -90,6 +126,12 @@ class BuildContext:
     calibration_images: Sequence[Any]  # ImageRecords chosen by runner.calibration
     #: (records, dtype, model input shape) -> decoded tf.Tensors, resized by the job's policy
     prepare: Callable[[Sequence[Any], str, Sequence[int | None]], list[Any]]
+
+    def calibration_inputs(self, dtype: str, shape: Sequence[int | None]) -> list[np.ndarray]:
+        """The calibration images prepared like the scored inputs (before anything is timed),
+        as contiguous numpy arrays for a converter."""
+        return [np.ascontiguousarray(t.numpy())
+                for t in self.prepare(self.calibration_images, dtype, shape)]
 
 
 class Plugin:

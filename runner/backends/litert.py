@@ -25,13 +25,12 @@ deletion); which one ran is recorded. Converted models are cached (``runner.back
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata, util
+from importlib import util
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,10 @@ from runner.backends import (
     CalibrationNeed,
     Plugin,
     UnsupportedPrecision,
+    calibration_id,
+    check_calibration_count,
+    int8_calibration,
+    package_version,
 )
 from runner.backends.cache import ConversionCache, ingredients
 
@@ -68,15 +71,6 @@ class LiteRTConfig:
     calibration_source: str = "disjoint"
 
 
-def _version(*names: str) -> str:
-    for name in names:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return "none"
-
-
 def interpreter_choice(wanted: str) -> str:
     """The interpreter package that will run: ``ai_edge_litert`` or ``tensorflow``."""
     has_litert = util.find_spec("ai_edge_litert") is not None
@@ -95,7 +89,7 @@ def interpreter_choice(wanted: str) -> str:
 def check_available(cfg: LiteRTConfig) -> dict[str, str]:
     """Without importing TensorFlow (the parent checks before any download): the converter's
     package, the interpreter that will run, the flex delegate file if one is configured."""
-    tensorflow = _version("tensorflow", "tensorflow-cpu", "tf-nightly")
+    tensorflow = package_version("tensorflow", "tensorflow-cpu", "tf-nightly")
     if tensorflow == "none" or util.find_spec("tensorflow") is None:
         raise UnsupportedPrecision(f"LiteRT converts with tf.lite.TFLiteConverter, and "
                                    f"TensorFlow is not installed: {HOW_TO_GET_IT}")
@@ -105,8 +99,8 @@ def check_available(cfg: LiteRTConfig) -> dict[str, str]:
                                    "a file (libtensorflowlite_flex.so, built from TensorFlow's "
                                    "sources: tensorflow/lite/delegates/flex)")
     return {"tensorflow": tensorflow, "interpreter": interpreter,
-            "interpreter_version": (_version("ai-edge-litert") if interpreter == "ai_edge_litert"
-                                    else tensorflow)}
+            "interpreter_version": (package_version("ai-edge-litert")
+                                    if interpreter == "ai_edge_litert" else tensorflow)}
 
 
 def fixed_hw(cfg: LiteRTConfig, source_shape: Sequence[int | None],
@@ -251,10 +245,6 @@ class LiteRTBackend:
                 **self.executed}
 
 
-def _ids_digest(records: Sequence[Any]) -> str:
-    return hashlib.sha256(",".join(str(r.image_id) for r in records).encode()).hexdigest()[:16]
-
-
 class LiteRTPlugin(Plugin):
     name, label, order = "litert", "LiteRT", 20
     where = "CPU of any machine (ai-edge-litert; XNNPACK)"
@@ -277,9 +267,7 @@ class LiteRTPlugin(Plugin):
         if cfg.num_threads < 0:
             raise ConfigError(f"precision.litert.num_threads={cfg.num_threads!r} is not valid; "
                               "it must be >= 0 (0: the CPUs this process may use)")
-        if cfg.calibration_images <= 0:
-            raise ConfigError(f"precision.litert.calibration_images={cfg.calibration_images!r} "
-                              "is not valid; it must be > 0")
+        check_calibration_count(cfg, "litert")
         if cfg.input_size is not None and not re.fullmatch(r"[1-9]\d*x[1-9]\d*",
                                                             str(cfg.input_size)):
             raise ConfigError(f"precision.litert.input_size={cfg.input_size!r} is not valid; "
@@ -293,11 +281,7 @@ class LiteRTPlugin(Plugin):
                 "env.litert_interpreter_version": available.get("interpreter_version", "none")}
 
     def calibration(self, precision: Any) -> CalibrationNeed | None:
-        cfg = precision.litert
-        if cfg.mode != "int8":
-            return None
-        return CalibrationNeed(cfg.calibration_images, cfg.calibration_source,
-                               "precision.litert")
+        return int8_calibration(precision.litert, "litert")
 
     def create(self, ctx: BuildContext) -> LiteRTBackend:
         from runner.backends.native import NativeBackend
@@ -310,11 +294,10 @@ class LiteRTPlugin(Plugin):
         shape = [1, hw[0], hw[1], 3]
         calibration: list[np.ndarray] = []
         if cfg.mode == "int8":
-            calibration = [t.numpy() for t in ctx.prepare(ctx.calibration_images,
-                                                          ctx.input_dtype, shape)]
+            calibration = ctx.calibration_inputs(ctx.input_dtype, shape)
         params = {"mode": cfg.mode, "flex": bool(cfg.flex_delegate), "signature": ctx.signature,
                   "input_name": ctx.input_name, "input_dtype": ctx.input_dtype,
-                  "calibration": (f"{len(calibration)}:{_ids_digest(ctx.calibration_images)}"
+                  "calibration": (calibration_id(ctx.calibration_images)
                                   if calibration else "none")}
         # the flatbuffer does not depend on the device it will run on: the key's device is "any"
         key = ingredients(ctx.model_dir, params, shape,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata, util
+from importlib import util
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ from runner.backends import (
     CalibrationNeed,
     Plugin,
     UnsupportedPrecision,
+    calibration_id,
+    check_calibration_count,
+    int8_calibration,
+    package_version,
 )
 from runner.backends.cache import ConversionCache, ingredients
 
@@ -68,19 +72,6 @@ class OnnxConfig:
     quantize_ops: list[str] = field(default_factory=lambda: ["Conv", "MatMul", "Gemm"])
 
 
-def _ids_digest(records: Sequence[Any]) -> str:
-    from runner.backends.litert import _ids_digest as digest
-
-    return digest(records)
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "none"
-
-
 def check_available(cfg: OnnxConfig) -> dict[str, str]:
     """The converter and runtime packages, and that the first provider exists here (importing
     onnxruntime, not TensorFlow or tf2onnx)."""
@@ -96,10 +87,9 @@ def check_available(cfg: OnnxConfig) -> dict[str, str]:
             f"precision.onnx.providers={list(cfg.providers)}: ONNX Runtime "
             f"{ort.__version__} here offers {here} (CUDA/TensorRT providers need "
             "onnxruntime-gpu and an NVIDIA GPU)")
-    return {"onnxruntime": ort.__version__, "tf2onnx": _version("tf2onnx"),
-            "onnx": _version("onnx"),
-            "tensorflow": _version("tensorflow") if _version("tensorflow") != "none"
-            else _version("tensorflow-cpu")}
+    return {"onnxruntime": ort.__version__, "tf2onnx": package_version("tf2onnx"),
+            "onnx": package_version("onnx"),
+            "tensorflow": package_version("tensorflow", "tensorflow-cpu")}
 
 
 def quant_settings(cfg: OnnxConfig) -> dict[str, Any]:
@@ -290,9 +280,7 @@ class OnnxPlugin(Plugin):
             if getattr(cfg, name) not in valid:
                 raise ConfigError(f"precision.onnx.{name}={getattr(cfg, name)!r} is not valid; "
                                   f"choose one of: {', '.join(valid)}")
-        if cfg.calibration_images <= 0:
-            raise ConfigError(f"precision.onnx.calibration_images={cfg.calibration_images!r} "
-                              "is not valid; it must be > 0")
+        check_calibration_count(cfg, "onnx")
         if cfg.mode == "int8" and not cfg.quantize_ops:
             raise ConfigError("precision.onnx.quantize_ops=[] is not valid for mode=int8; name "
                               "the op types to quantize (default: Conv, MatMul, Gemm)")
@@ -312,10 +300,7 @@ class OnnxPlugin(Plugin):
         return check_available(precision.onnx)
 
     def calibration(self, precision: Any) -> CalibrationNeed | None:
-        cfg = precision.onnx
-        if cfg.mode != "int8":
-            return None
-        return CalibrationNeed(cfg.calibration_images, cfg.calibration_source, "precision.onnx")
+        return int8_calibration(precision.onnx, "onnx")
 
     def environment(self, available: Mapping[str, str]) -> dict[str, str]:
         return {"env.onnxruntime": available.get("onnxruntime", "none"),
@@ -330,12 +315,11 @@ class OnnxPlugin(Plugin):
         shape, dtype = source.input_shape, source.input_dtype
         del source
         calibration: list[np.ndarray] = []
-        if cfg.mode == "int8":  # prepared like the scored inputs, before anything is timed
-            calibration = [np.ascontiguousarray(t.numpy())
-                           for t in ctx.prepare(ctx.calibration_images, dtype, shape)]
+        if cfg.mode == "int8":
+            calibration = ctx.calibration_inputs(dtype, shape)
         params = {"opset": cfg.opset, "signature": ctx.signature, "input_name": ctx.input_name,
                   "input_dtype": dtype, "mode": cfg.mode, **quant_settings(cfg),
-                  "calibration": (f"{len(calibration)}:{_ids_digest(ctx.calibration_images)}"
+                  "calibration": (calibration_id(ctx.calibration_images)
                                   if calibration else "none")}
         # the ONNX file does not depend on the device it will run on: the key's device is "any"
         key = ingredients(ctx.model_dir, params, shape,

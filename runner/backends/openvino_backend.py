@@ -38,6 +38,10 @@ from runner.backends import (
     CalibrationNeed,
     Plugin,
     UnsupportedPrecision,
+    calibration_id,
+    check_calibration_count,
+    int8_calibration,
+    package_version,
 )
 from runner.backends.cache import ConversionCache, ingredients
 
@@ -67,15 +71,13 @@ def check_available(cfg: OpenVinoConfig) -> dict[str, str]:
     if util.find_spec("openvino") is None or util.find_spec("tensorflow") is None:
         raise UnsupportedPrecision(f"OpenVINO backend: openvino (and TensorFlow) needed; "
                                    f"{HOW_TO_GET_IT}")
-    from runner.backends.litert import _version
-
-    found = {"openvino": _version("openvino"),
-             "tensorflow": _version("tensorflow", "tensorflow-cpu", "tf-nightly")}
+    found = {"openvino": package_version("openvino"),
+             "tensorflow": package_version("tensorflow", "tensorflow-cpu", "tf-nightly")}
     if cfg.mode == "int8":
         if util.find_spec("nncf") is None:
             raise UnsupportedPrecision("OpenVINO INT8 quantizes with NNCF, which is not "
                                        "installed: pip install nncf")
-        found["nncf"] = _version("nncf")
+        found["nncf"] = package_version("nncf")
     return found
 
 
@@ -204,9 +206,7 @@ class OpenVinoPlugin(Plugin):
         from runner.config import ConfigError
 
         cfg = precision.openvino
-        if cfg.calibration_images <= 0:
-            raise ConfigError(f"precision.openvino.calibration_images={cfg.calibration_images!r}"
-                              " is not valid; it must be > 0")
+        check_calibration_count(cfg, "openvino")
         for name, value, valid in (("inference_precision", cfg.inference_precision, PRECISIONS),
                                    ("performance_hint", cfg.performance_hint, HINTS),
                                    ("mode", cfg.mode, MODES), ("preset", cfg.preset, PRESETS),
@@ -226,11 +226,7 @@ class OpenVinoPlugin(Plugin):
         return {"env.openvino": available.get("openvino", "none")}
 
     def calibration(self, precision: Any) -> CalibrationNeed | None:
-        cfg = precision.openvino
-        if cfg.mode != "int8":
-            return None
-        return CalibrationNeed(cfg.calibration_images, cfg.calibration_source,
-                               "precision.openvino")
+        return int8_calibration(precision.openvino, "openvino")
 
     def create(self, ctx: BuildContext) -> OpenVinoBackend:
         from runner.backends.litert import LiteRTConfig, fixed_hw
@@ -245,15 +241,12 @@ class OpenVinoPlugin(Plugin):
         del source
         shape = [1, hw[0], hw[1], 3]
         calibration: list[np.ndarray] = []
-        if cfg.mode == "int8":  # prepared like the scored inputs, before anything is timed
-            calibration = [np.ascontiguousarray(t.numpy())
-                           for t in ctx.prepare(ctx.calibration_images, dtype, shape)]
+        if cfg.mode == "int8":
+            calibration = ctx.calibration_inputs(dtype, shape)
         params: dict[str, Any] = {"signature": ctx.signature, "weights": "f32"}
         if cfg.mode == "int8":
-            from runner.backends.litert import _ids_digest
-
             params |= {"mode": "int8", "preset": cfg.preset,
-                       "calibration": f"{len(calibration)}:{_ids_digest(ctx.calibration_images)}"}
+                       "calibration": calibration_id(ctx.calibration_images)}
         key = ingredients(ctx.model_dir, params, shape,
                           available, "any")  # the IR is device-independent; compiled per run
         result = ConversionCache(ctx.cache_dir / "openvino", ARTIFACT).get_or_convert(

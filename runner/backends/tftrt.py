@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.backends import CALIBRATION_SOURCES, BuildContext, CalibrationNeed, Plugin
+from runner.backends import (
+    CALIBRATION_SOURCES,
+    BuildContext,
+    CalibrationNeed,
+    Plugin,
+    package_version,
+)
 from runner.backends.cache import CacheResult, ConversionCache, source_hash
 from runner.backends.native import NativeBackend, UnsupportedPrecision
 
@@ -82,9 +88,7 @@ def tensorrt_build() -> bool | None:
 def check_available() -> dict[str, str]:
     """Raise UnsupportedPrecision unless this TensorFlow has TensorRT and sees an NVIDIA GPU."""
     if tensorrt_build() is False:
-        from runner.backends.litert import _version
-
-        version = _version("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly")
+        version = package_version("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tf-nightly")
         raise UnsupportedPrecision(
             f"TF-TRT is not available: TensorFlow {version} here is not built with "
             f"TensorRT (pip TensorFlow dropped TF-TRT after 2.17); {HOW_TO_GET_IT}")
