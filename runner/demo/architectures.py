@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from runner.demo import lite
+
 MAX_DETECTIONS = 100
 PRE_NMS = 300
 
@@ -89,23 +91,13 @@ def calibrate_batchnorm(network: Any, images: tf.Tensor) -> int:
 
 def _class_wise_nms(boxes: tf.Tensor, scores: tf.Tensor) -> dict[str, tf.Tensor]:
     """Top ``PRE_NMS`` (anchor, class) pairs of ``scores`` [N, C], NMS per class with one builtin
-    NMS call (boxes of class c shifted by 2c never overlap another class's), zoo outputs."""
+    NMS call (``lite.class_wise_nms``), zoo outputs."""
     num_classes = scores.shape[-1]
     top, idx = tf.math.top_k(tf.reshape(scores, [1, -1]), k=PRE_NMS)
     top, idx = top[0], idx[0]
     cls = idx % num_classes
     picked = tf.clip_by_value(tf.gather(boxes, idx // num_classes), 0.0, 1.0)
-    shifted = picked + 2.0 * tf.cast(cls, tf.float32)[:, None]
-    selected, selected_scores, valid = tf.raw_ops.NonMaxSuppressionV5(
-        boxes=shifted, scores=top, max_output_size=MAX_DETECTIONS, iou_threshold=0.6,
-        score_threshold=0.0, soft_nms_sigma=0.0, pad_to_max_output_size=True)
-    keep = tf.cast(tf.sequence_mask(valid, MAX_DETECTIONS), tf.float32)
-    return {
-        "detection_boxes": (tf.gather(picked, selected) * keep[:, None])[None],
-        "detection_classes": (tf.cast(tf.gather(cls, selected), tf.float32) * keep + 1.0)[None],
-        "detection_scores": (selected_scores * keep)[None],
-        "num_detections": tf.cast(tf.reshape(valid, [1]), tf.float32),
-    }
+    return lite.class_wise_nms(picked, top, cls, MAX_DETECTIONS, score_threshold=0.0)
 
 
 def _anchors(grids: list[tuple[int, int]], ratios: tuple[float, ...]) -> np.ndarray:

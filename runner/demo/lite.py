@@ -41,14 +41,22 @@ def decode(heatmap_logits: tf.Tensor, size: tf.Tensor, offset: tf.Tensor,
     h, w = cell_size[:, 0], cell_size[:, 1]
     boxes = tf.stack([(cy - h / 2) / out_h, (cx - w / 2) / out_w,
                       (cy + h / 2) / out_h, (cx + w / 2) / out_w], axis=-1)
-    boxes = tf.clip_by_value(boxes, 0.0, 1.0)
-    shifted = boxes + 2.0 * tf.cast(cls, tf.float32)[:, None]
+    return class_wise_nms(tf.clip_by_value(boxes, 0.0, 1.0), scores, cls, max_detections,
+                          score_threshold=0.01)
+
+
+def class_wise_nms(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor, max_detections: int,
+                   score_threshold: float) -> dict[str, tf.Tensor]:
+    """NMS per class with one builtin NMS op (LiteRT and OpenVINO convert it; not
+    CombinedNonMaxSuppression): the boxes [N, 4] (normalized) of class c are shifted by 2c, so
+    they never overlap another class's. Zoo outputs, batch 1, padded to ``max_detections``."""
+    shifted = boxes + 2.0 * tf.cast(classes, tf.float32)[:, None]
     selected, selected_scores, valid = tf.raw_ops.NonMaxSuppressionV5(
         boxes=shifted, scores=scores, max_output_size=max_detections, iou_threshold=0.6,
-        score_threshold=0.01, soft_nms_sigma=0.0, pad_to_max_output_size=True)
+        score_threshold=score_threshold, soft_nms_sigma=0.0, pad_to_max_output_size=True)
     keep = tf.cast(tf.sequence_mask(valid, max_detections), tf.float32)
     out_boxes = tf.gather(boxes, selected) * keep[:, None]
-    out_classes = tf.cast(tf.gather(cls, selected), tf.float32) * keep + 1.0
+    out_classes = tf.cast(tf.gather(classes, selected), tf.float32) * keep + 1.0
     return {
         "detection_boxes": out_boxes[None],
         "detection_classes": out_classes[None],  # 1-based label-map ids; padding 1, as Combined
