@@ -350,6 +350,8 @@ ADAPTER_ALIASES = {"centernet_tflite": "numbered_outputs"}
 def canonical_adapter(name: str) -> str:
     """The current name of adapter ``name`` (an old name maps to its new one; others as given)."""
     return ADAPTER_ALIASES.get(name, name)
+
+
 _FIXED = {"zoo": ZOO, "zoo_keypoints": ZOO_KEYPOINTS, "zoo_masks": ZOO_MASKS}
 
 
